@@ -1,0 +1,249 @@
+"""The segmentation engine: a model loaded once, applied to volumes with progress and cancel.
+
+``Segmenter.segment`` runs: model grid (orientation, spacing) -> intensity normalisation -> MONAI
+sliding-window inference with Gaussian blending (CUDA + autocast when available, CPU otherwise; optional
+flip test-time augmentation) -> foreground probability back on the input's own grid -> post-processing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import postprocess, preprocess
+from .errors import Cancelled, InputError
+from .model import load_model
+from .volume import ijk_to_ras_matrix, read_volume
+
+logger = logging.getLogger("SegmentLesion")
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, stage)
+CancelCheck = Callable[[], bool]
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "SegmentLesionBrainMR"
+
+
+def default_model_dir() -> Path:
+    """The bundled default model folder (overridable with SEGMENT_LESION_MODEL)."""
+    return Path(os.environ.get("SEGMENT_LESION_MODEL", DEFAULT_MODEL_DIR))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available (use --device auto or cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def device_description(device: torch.device) -> str:
+    """A short name for the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (2 threads)'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+@dataclass
+class SegmentOptions:
+    """Per-request settings; None takes the model's own value."""
+
+    threshold: float | None = None
+    min_lesion_mm3: float | None = None
+    fill_holes: bool | None = None
+    tta: bool = False
+
+
+@dataclass
+class SegmentationResult:
+    """Outputs on the input's own grid."""
+
+    labelmap: sitk.Image  # uint8 class labels
+    probability: sitk.Image  # float32 foreground probability
+    components: np.ndarray  # lesion id per voxel (k, j, i)
+    lesions: list[dict[str, Any]]
+    report: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _ProgressNetwork(torch.nn.Module):
+    """Wraps the network: each call is one window batch; report it and honour cancel between batches."""
+
+    def __init__(self, network: torch.nn.Module, total: int, progress: ProgressCallback | None, cancel: CancelCheck | None):
+        super().__init__()
+        self.network = network
+        self.total = max(total, 1)
+        self.done = 0
+        self.progress = progress
+        self.cancel = cancel
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+        output = self.network(batch)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, "inference")
+        return output
+
+
+def count_window_batches(image_size: tuple[int, ...], roi_size: tuple[int, ...], overlap: float, sw_batch_size: int) -> int:
+    """How many network calls MONAI's sliding window makes for one image (mirrors its scan logic)."""
+    from monai.data.utils import dense_patch_slices
+
+    roi = [min(r, s) if r > 0 else s for r, s in zip(roi_size, image_size)]
+    padded = [max(s, r) for s, r in zip(image_size, roi)]
+    interval = []
+    for r, s in zip(roi, padded):
+        step = r if r == s else int(r * (1 - overlap))
+        interval.append(step if step > 0 else 1)
+    windows = len(dense_patch_slices(padded, roi, interval))
+    return math.ceil(windows / sw_batch_size)
+
+
+class Segmenter:
+    """A model loaded once, ready to segment many volumes.
+
+    Args:
+        model_dir: model folder (None: the bundled default model).
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model_dir = Path(model_dir) if model_dir else default_model_dir()
+        self.spec, self.network = load_model(self.model_dir, self.device)
+
+    @property
+    def spec_summary(self) -> dict[str, Any]:
+        """Model name, version and weights sha256 for reports."""
+        return self.spec.summary()
+
+    def segment_file(self, path: str | os.PathLike, options: SegmentOptions | None = None, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> SegmentationResult:
+        """Read a volume file (or DICOM folder) and segment it."""
+        return self.segment(read_volume(path), options, progress, cancel)
+
+    def segment(self, image: sitk.Image, options: SegmentOptions | None = None, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> SegmentationResult:
+        """Segment a 3D volume; every output is on ``image``'s grid.
+
+        Raises:
+            Cancelled: ``cancel()`` returned True between two window batches.
+        """
+        options = options or SegmentOptions()
+        spec = self.spec
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        reference = preprocess.Grid.of(image)
+        grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
+        model_image = preprocess.to_model_grid(image, grid, exact)
+        data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
+        del model_image
+        timings["preprocess_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        fg_xyz, classes_xyz = self._infer(data, options.tta, progress, cancel)
+        timings["inference_s"] = time.perf_counter() - start
+        del data
+
+        start = time.perf_counter()
+        if progress is not None:
+            progress(1, 1, "post-processing")
+        probability = self._to_reference(preprocess.image_from_xyz(fg_xyz, grid), reference, exact, sitk.sitkLinear)
+        classes = None
+        if classes_xyz is not None:
+            class_image = self._to_reference(preprocess.image_from_xyz(classes_xyz, grid), reference, exact, sitk.sitkNearestNeighbor)
+            classes = sitk.GetArrayViewFromImage(class_image)
+        prob_array = sitk.GetArrayViewFromImage(probability)
+        threshold = spec.threshold if options.threshold is None else options.threshold
+        min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
+        fill = spec.fill_holes if options.fill_holes is None else options.fill_holes
+        found = postprocess.find_lesions(prob_array, reference.spacing, threshold=threshold, min_lesion_mm3=min_mm3, fill_holes=fill, classes=classes, label_value=spec.labels[0].value)
+        labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
+        ijk_to_ras = ijk_to_ras_matrix(labelmap)
+        lesions = postprocess.lesion_table(found.components, found.count, ijk_to_ras, prob_array, found.labelmap)
+        timings["postprocess_s"] = time.perf_counter() - start
+        report = {
+            "lesions": lesions,
+            "total_volume_ml": round(sum(lesion["volume_ml"] for lesion in lesions), 6),
+            "model": {**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
+            "input": {"size": list(reference.size), "spacing": [round(v, 6) for v in reference.spacing]},
+            "settings": {"threshold": threshold, "min_lesion_mm3": min_mm3, "fill_holes": fill, "tta": options.tta, "device": str(self.device)},
+        }
+        return SegmentationResult(labelmap, probability, found.components, lesions, report, timings)
+
+    @staticmethod
+    def _to_reference(image: sitk.Image, reference: preprocess.Grid, exact: bool, interpolator: int) -> sitk.Image:
+        if exact:
+            # The model grid is a permutation of the input grid: undo it exactly (no interpolation).
+            back = reference.resample(image, sitk.sitkNearestNeighbor)
+        else:
+            back = reference.resample(image, interpolator)
+        return back
+
+    def _infer(self, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays."""
+        try:
+            return self._infer_on(self.device, data, tta, progress, cancel)
+        except torch.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            logger.warning("GPU out of memory: falling back to the CPU for this volume (slower)")
+            torch.cuda.empty_cache()
+            self.network.to("cpu")
+            try:
+                return self._infer_on(torch.device("cpu"), data, tta, progress, cancel)
+            finally:
+                self.network.to(self.device)
+
+    def _infer_on(self, device: torch.device, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[np.ndarray, np.ndarray | None]:
+        from monai.inferers import SliceInferer, SlidingWindowInferer
+
+        spec = self.spec
+        spatial = tuple(int(v) for v in data.shape)
+        flips: list[tuple[int, ...]] = [()]
+        if tta:
+            flips += [(axis,) for axis in range(2, 2 + 3)] if spec.spatial_dims == 3 else [(2,), (3,)]
+        if spec.spatial_dims == 3:
+            per_pass = count_window_batches(spatial, tuple(spec.patch_size), spec.overlap, spec.sw_batch_size)
+            inferer = SlidingWindowInferer(roi_size=spec.patch_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, mode="gaussian")
+        else:
+            # A 2D network runs over the axial slices (last axis of the RAS-ordered array).
+            per_pass = spatial[2] * count_window_batches(spatial[:2], tuple(spec.patch_size), spec.overlap, spec.sw_batch_size)
+            inferer = SliceInferer(roi_size=spec.patch_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, mode="gaussian", spatial_dim=2)
+        wrapped = _ProgressNetwork(self.network, per_pass * len(flips), progress, cancel)
+        if progress is not None:
+            progress(0, wrapped.total, "inference")
+        batch = torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)
+        probabilities = None
+        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        with torch.inference_mode(), autocast:
+            for dims in flips:
+                inputs = torch.flip(batch, dims) if dims else batch
+                logits = inferer(inputs, wrapped)
+                logits = torch.flip(logits, dims) if dims else logits
+                probs = torch.softmax(logits.float(), dim=1) if spec.activation == "softmax" else torch.sigmoid(logits.float())
+                probabilities = probs if probabilities is None else probabilities.add_(probs)
+                del logits
+        probabilities = probabilities[0] / len(flips)
+        if spec.activation == "softmax":
+            foreground = 1.0 - probabilities[0]
+            class_scores = probabilities[1:]
+        else:
+            class_scores = probabilities
+            foreground = class_scores.max(dim=0).values
+        classes = None
+        if class_scores.shape[0] > 1:
+            values = torch.tensor([label.value for label in spec.labels], dtype=torch.uint8, device=class_scores.device)
+            classes = values[class_scores.argmax(dim=0)].cpu().numpy()
+        return foreground.float().cpu().numpy(), classes

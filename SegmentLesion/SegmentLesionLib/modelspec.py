@@ -1,0 +1,438 @@
+"""The model folder (a MONAI bundle) as plain data: labels, preprocessing, network definition.
+
+Nothing here imports torch: the Slicer glue reads labels, colours and terminology from it too.
+Nothing here executes code from the folder: only JSON is read, config expressions (``$...``) and
+references (``@...``) are refused, and network classes come from an allow-list (see ``model.py``).
+
+Two kinds of folder are understood:
+
+- SegmentLesion's own: ``configs/metadata.json`` holds a ``segment_lesion`` block (the source of truth)
+  and ``configs/inference.json`` a plain ``network_def`` that ``monai.bundle`` can read too.
+- A MONAI Model Zoo-style bundle whose ``network_def``, ``preprocessing`` and ``inferer`` are plain data:
+  preprocessing transforms are mapped onto the same settings (orientation, spacing, intensity).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+METADATA_FILE = Path("configs") / "metadata.json"
+INFERENCE_FILE = Path("configs") / "inference.json"
+WEIGHTS_FILE = Path("models") / "model.pt"
+
+# SNOMED CT codes Slicer's terminology uses for a generic lesion.
+LESION_TERMINOLOGY = {
+    "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+    "type": ["SCT", "52988006", "Lesion"],
+}
+DEFAULT_COLORS = [
+    [0.94, 0.35, 0.20],
+    [0.30, 0.70, 0.95],
+    [0.95, 0.85, 0.25],
+    [0.55, 0.85, 0.40],
+    [0.80, 0.45, 0.85],
+]
+
+# Network classes a model folder may name (MONAI's own segmentation networks).
+ALLOWED_NETWORKS = (
+    "UNet",
+    "BasicUNet",
+    "DynUNet",
+    "SegResNet",
+    "SegResNetDS",
+    "AttentionUnet",
+    "UNETR",
+    "SwinUNETR",
+    "VNet",
+)
+
+# Model Zoo preprocessing transforms that carry no setting we need (loading, channel and type handling).
+_PASSTHROUGH_TRANSFORMS = {
+    "LoadImaged",
+    "LoadImage",
+    "EnsureChannelFirstd",
+    "EnsureChannelFirst",
+    "AddChanneld",
+    "EnsureTyped",
+    "EnsureType",
+    "ToTensord",
+    "ToTensor",
+    "CastToTyped",
+    "CropForegroundd",
+    "Identityd",
+}
+
+
+@dataclass
+class LabelInfo:
+    """One output class of the model: label value, name, colour (RGB 0-1) and terminology codes."""
+
+    value: int
+    name: str
+    color: list[float]
+    terminology: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(LESION_TERMINOLOGY))
+
+
+@dataclass
+class ModelSpec:
+    """Everything the engine needs to run a model, read from (or written to) a model folder."""
+
+    name: str
+    version: str
+    network_def: dict[str, Any]
+    labels: list[LabelInfo]
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 2
+    activation: str = "softmax"  # "softmax" (channel 0 = background) or "sigmoid" (one channel per label)
+    orientation: str | None = "RAS"  # axis codes of the network's input array, as MONAI's Orientationd
+    spacing: list[float] | None = None  # target spacing in mm along the network's axes; None = native
+    intensity: dict[str, Any] = field(default_factory=lambda: {"mode": "zscore"})
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    overlap: float = 0.25
+    sw_batch_size: int = 2
+    threshold: float = 0.5
+    min_lesion_mm3: float = 10.0
+    fill_holes: bool = True
+    modality: str = "MR"
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None
+    folder: str | None = None
+
+    def label(self, value: int) -> LabelInfo:
+        """The label with this value."""
+        for info in self.labels:
+            if info.value == value:
+                return info
+        raise KeyError(value)
+
+    def summary(self) -> dict[str, Any]:
+        """A short description for reports and provenance: name, version, weights sha256, folder."""
+        return {"name": self.name, "version": self.version, "sha256": self.weights_sha256, "folder": self.folder}
+
+    def segment_lesion_block(self) -> dict[str, Any]:
+        """The ``segment_lesion`` block of metadata.json."""
+        block = asdict(self)
+        for key in ("name", "version", "network_def", "folder", "description"):
+            block.pop(key)
+        return block
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse config expressions, references and macros anywhere inside ``value``."""
+    if isinstance(value, str):
+        if value.startswith("$"):
+            raise ModelError(f"{where}: refused: the model folder contains a code expression ({value[:60]!r})")
+        if value.startswith("@") or value.startswith("%"):
+            raise ModelError(f"{where}: refused: config references ({value[:60]!r}) are not supported; use plain values")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if str(key).startswith("_") and key not in ("_target_", "_desc_"):
+                raise ModelError(f"{where}: refused: unsupported config key {key!r}")
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+
+
+def network_name(target: Any, where: str = "network_def") -> str:
+    """Map a ``_target_`` to an allowed MONAI network class name, or raise ModelError."""
+    if not isinstance(target, str):
+        raise ModelError(f"{where}: missing '_target_' naming the network class")
+    name = target
+    for prefix in ("monai.networks.nets.", "monai.networks.nets.unet.", "monai.networks.nets.basic_unet."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    name = name.split(".")[-1] if name.startswith("monai.networks.nets") else name
+    if name not in ALLOWED_NETWORKS:
+        raise ModelError(
+            f"{where}: refused: network {target!r} is not in the allow-list ({', '.join(ALLOWED_NETWORKS)})"
+        )
+    return name
+
+
+def check_network_def(network_def: Any, where: str = "network_def") -> dict[str, Any]:
+    """Validate a network definition: a dict of plain values naming an allowed network."""
+    if not isinstance(network_def, dict):
+        raise ModelError(f"{where}: must be a JSON object with '_target_' and the network's arguments")
+    _check_plain(network_def, where)
+    network_name(network_def.get("_target_"), where)
+    return network_def
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"{path}: missing (not a model folder?)")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: must hold a JSON object")
+    return data
+
+
+def _labels_from(raw: Any, where: str) -> list[LabelInfo]:
+    if not isinstance(raw, list) or not raw:
+        raise ModelError(f"{where}: 'labels' must be a non-empty list")
+    labels = []
+    for index, item in enumerate(raw):
+        try:
+            value = int(item["value"])
+            name = str(item["name"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: label {index} needs an integer 'value' and a 'name'") from exc
+        if value <= 0:
+            raise ModelError(f"{where}: label {name!r} has value {value}; values must be >= 1 (0 is background)")
+        color = item.get("color") or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
+        terminology = item.get("terminology") or copy.deepcopy(LESION_TERMINOLOGY)
+        labels.append(LabelInfo(value, name, [float(c) for c in color][:3], terminology))
+    if len({label.value for label in labels}) != len(labels):
+        raise ModelError(f"{where}: label values must be unique")
+    return labels
+
+
+def load_spec(folder: str | os.PathLike) -> ModelSpec:
+    """Read a model folder's configuration (no weights, no torch).
+
+    Raises:
+        ModelError: missing files, invalid JSON, code expressions, networks outside the allow-list.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: model folder not found")
+    metadata = _read_json(folder / METADATA_FILE)
+    inference = _read_json(folder / INFERENCE_FILE) if (folder / INFERENCE_FILE).is_file() else {}
+    if "network_def" not in inference:
+        raise ModelError(f"{folder / INFERENCE_FILE}: no 'network_def' (a plain MONAI network definition is needed)")
+    network_def = check_network_def(inference["network_def"], f"{folder / INFERENCE_FILE}: network_def")
+    where = str(folder / METADATA_FILE)
+    block = metadata.get("segment_lesion")
+    if block is not None:
+        _check_plain(block, f"{where}: segment_lesion")
+        spec = _spec_from_block(block, network_def, metadata, where)
+    else:
+        spec = _spec_from_model_zoo(metadata, inference, network_def, folder)
+    spec.folder = str(folder.resolve())
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{folder / WEIGHTS_FILE}: weights missing")
+    return spec
+
+
+def _spec_from_block(block: dict[str, Any], network_def: dict[str, Any], metadata: dict[str, Any], where: str) -> ModelSpec:
+    known = {f for f in ModelSpec.__dataclass_fields__} - {"name", "version", "network_def", "labels", "folder", "description"}
+    kwargs = {key: value for key, value in block.items() if key in known}
+    spec = ModelSpec(
+        name=str(metadata.get("name", "model")),
+        version=str(metadata.get("version", "0")),
+        network_def=network_def,
+        labels=_labels_from(block.get("labels"), where),
+        description=str(metadata.get("description", "")),
+        **kwargs,
+    )
+    _validate(spec, where)
+    return spec
+
+
+def _validate(spec: ModelSpec, where: str) -> None:
+    if spec.spatial_dims not in (2, 3):
+        raise ModelError(f"{where}: spatial_dims must be 2 or 3")
+    if spec.activation not in ("softmax", "sigmoid"):
+        raise ModelError(f"{where}: activation must be 'softmax' or 'sigmoid'")
+    expected = len(spec.labels) + (1 if spec.activation == "softmax" else 0)
+    if spec.out_channels != expected:
+        raise ModelError(f"{where}: {spec.out_channels} output channels do not match {len(spec.labels)} labels ({spec.activation})")
+    if len(spec.patch_size) != spec.spatial_dims:
+        raise ModelError(f"{where}: patch_size must have {spec.spatial_dims} values")
+    if spec.spacing is not None and len(spec.spacing) != 3:
+        raise ModelError(f"{where}: spacing must have 3 values (mm) or be null")
+    if spec.intensity.get("mode") not in ("zscore", "window", "minmax", "none"):
+        raise ModelError(f"{where}: intensity mode must be one of zscore, window, minmax, none")
+
+
+def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], network_def: dict[str, Any], folder: Path) -> ModelSpec:
+    """Map a Model Zoo-style bundle (plain-data preprocessing) onto a ModelSpec."""
+    where = str(folder / INFERENCE_FILE)
+    fmt = metadata.get("network_data_format", {})
+    _check_plain(fmt, f"{folder / METADATA_FILE}: network_data_format")
+    inputs = next(iter(fmt.get("inputs", {}).values()), {})
+    outputs = next(iter(fmt.get("outputs", {}).values()), {})
+    channel_def = outputs.get("channel_def") or {"0": "background", "1": "foreground"}
+    labels = [
+        {"value": int(key), "name": str(name)} for key, name in sorted(channel_def.items(), key=lambda kv: int(kv[0])) if int(key) > 0
+    ]
+    spatial_dims = int(network_def.get("spatial_dims", network_def.get("dimensions", 3)))
+    spec = ModelSpec(
+        name=str(metadata.get("name", folder.name)),
+        version=str(metadata.get("version", "0")),
+        network_def=network_def,
+        labels=_labels_from(labels, f"{folder / METADATA_FILE}: channel_def"),
+        spatial_dims=spatial_dims,
+        in_channels=int(inputs.get("num_channels", 1)),
+        out_channels=int(outputs.get("num_channels", len(labels) + 1)),
+        orientation=None,
+        spacing=None,
+        intensity={"mode": "none"},
+        modality=str(inputs.get("modality", "")),
+        description=str(metadata.get("description", "")),
+    )
+    patch = inputs.get("spatial_shape")
+    if isinstance(patch, list) and all(isinstance(v, int) for v in patch):
+        spec.patch_size = patch
+    preprocessing = inference.get("preprocessing", {})
+    _check_plain(preprocessing, f"{where}: preprocessing")
+    transforms = preprocessing.get("transforms", []) if isinstance(preprocessing, dict) else []
+    for index, transform in enumerate(transforms):
+        _apply_transform(spec, transform, f"{where}: preprocessing.transforms[{index}]")
+    inferer = inference.get("inferer", {})
+    _check_plain(inferer, f"{where}: inferer")
+    if inferer:
+        if str(inferer.get("_target_", "")).split(".")[-1] not in ("SlidingWindowInferer", "SliceInferer"):
+            raise ModelError(f"{where}: inferer: refused: unknown inferer {inferer.get('_target_')!r}")
+        spec.patch_size = [int(v) for v in inferer.get("roi_size", spec.patch_size)]
+        spec.sw_batch_size = int(inferer.get("sw_batch_size", spec.sw_batch_size))
+        spec.overlap = float(inferer.get("overlap", spec.overlap))
+    postprocessing = inference.get("postprocessing", {})
+    _check_plain(postprocessing, f"{where}: postprocessing")
+    for transform in postprocessing.get("transforms", []) if isinstance(postprocessing, dict) else []:
+        if str(transform.get("_target_", "")).split(".")[-1] in ("Activationsd", "Activations") and transform.get("sigmoid"):
+            spec.activation = "sigmoid"
+    _validate(spec, str(folder))
+    return spec
+
+
+def _apply_transform(spec: ModelSpec, transform: Any, where: str) -> None:
+    if not isinstance(transform, dict):
+        raise ModelError(f"{where}: must be a JSON object")
+    target = str(transform.get("_target_", ""))
+    name = target.split(".")[-1]
+    if target.startswith("monai.") and not target.startswith("monai.transforms."):
+        raise ModelError(f"{where}: refused: unknown transform {target!r}")
+    if name in _PASSTHROUGH_TRANSFORMS:
+        return
+    if name in ("Orientationd", "Orientation"):
+        spec.orientation = str(transform.get("axcodes", "RAS"))
+    elif name in ("Spacingd", "Spacing"):
+        spec.spacing = [float(v) for v in transform["pixdim"]]
+    elif name in ("ScaleIntensityRanged", "ScaleIntensityRange"):
+        spec.intensity = {
+            "mode": "window",
+            "window": [float(transform["a_min"]), float(transform["a_max"])],
+            "range": [float(transform.get("b_min", 0.0)), float(transform.get("b_max", 1.0))],
+            "clip": bool(transform.get("clip", False)),
+        }
+    elif name in ("NormalizeIntensityd", "NormalizeIntensity"):
+        spec.intensity = {"mode": "zscore", "nonzero": bool(transform.get("nonzero", False))}
+    elif name in ("ScaleIntensityd", "ScaleIntensity"):
+        spec.intensity = {"mode": "minmax"}
+    else:
+        raise ModelError(f"{where}: refused: unknown preprocessing transform {target!r}")
+
+
+def write_config_files(folder: Path, spec: ModelSpec, extra_metadata: dict[str, Any] | None = None) -> None:
+    """Write configs/metadata.json and configs/inference.json for ``spec`` into ``folder``."""
+    import platform
+
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    try:
+        import monai
+        import numpy
+        import torch
+
+        versions = {"monai_version": monai.__version__, "pytorch_version": torch.__version__, "numpy_version": numpy.__version__}
+    except ImportError:  # pragma: no cover - writing configs outside the engine
+        versions = {}
+    channel_def = {"0": "background"} if spec.activation == "softmax" else {}
+    offset = 1 if spec.activation == "softmax" else 0
+    for index, label in enumerate(spec.labels):
+        channel_def[str(index + offset)] = label.name
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "name": spec.name,
+        "version": spec.version,
+        "description": spec.description,
+        "task": "Lesion segmentation",
+        "authors": "SegmentLesion contributors",
+        "copyright": "Apache-2.0",
+        "intended_use": "Research only. Not for clinical use.",
+        "python_version": platform.python_version(),
+        **versions,
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": spec.modality,
+                    "num_channels": spec.in_channels,
+                    "spatial_shape": spec.patch_size,
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                    "channel_def": {"0": "image"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": spec.out_channels,
+                    "spatial_shape": spec.patch_size,
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": True,
+                    "channel_def": channel_def,
+                }
+            },
+        },
+        "segment_lesion": spec.segment_lesion_block(),
+    }
+    metadata.update(extra_metadata or {})
+    transforms: list[dict[str, Any]] = [
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+    ]
+    if spec.orientation:
+        transforms.append({"_target_": "Orientationd", "keys": "image", "axcodes": spec.orientation})
+    if spec.spacing:
+        transforms.append({"_target_": "Spacingd", "keys": "image", "pixdim": spec.spacing, "mode": "bilinear"})
+    inference = {
+        "network_def": spec.network_def,
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": spec.patch_size,
+            "sw_batch_size": spec.sw_batch_size,
+            "overlap": spec.overlap,
+            "mode": "gaussian",
+        },
+        "preprocessing": {"_target_": "Compose", "transforms": transforms},
+    }
+    _write_json(folder / METADATA_FILE, metadata)
+    _write_json(folder / INFERENCE_FILE, inference)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=2)
+        stream.write("\n")
+    os.replace(tmp, path)

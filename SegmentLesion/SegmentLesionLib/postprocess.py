@@ -1,0 +1,154 @@
+"""From a probability map to lesions: threshold, hole filling, minimum size, connected components, report.
+
+numpy + scipy only. Arrays are indexed (k, j, i) as SimpleITK returns them; ``spacing`` is given in
+(i, j, k) order as SimpleITK reports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist
+
+FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-neighbourhood, as the metrics use
+
+
+@dataclass
+class Lesions:
+    """Post-processing output on the input grid."""
+
+    labelmap: np.ndarray  # class label per voxel (0 = background), uint8
+    components: np.ndarray  # lesion id per voxel (0 = none), numbered by decreasing volume
+    count: int
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """The smallest box holding ``mask`` (plus ``margin``), computed from projections without a full copy."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+def find_lesions(
+    probability: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    threshold: float = 0.5,
+    min_lesion_mm3: float = 0.0,
+    fill_holes: bool = True,
+    classes: np.ndarray | None = None,
+    label_value: int = 1,
+) -> Lesions:
+    """Turn a foreground probability map into a labelmap and numbered lesions.
+
+    Args:
+        probability: foreground probability per voxel, (k, j, i).
+        spacing: voxel size in mm, (i, j, k) order.
+        threshold: voxels with probability >= threshold are foreground.
+        min_lesion_mm3: connected components smaller than this are removed.
+        fill_holes: fill cavities fully enclosed by a lesion (3D).
+        classes: class label per voxel for multi-class models (None: every lesion voxel is ``label_value``).
+        label_value: the label of lesion voxels when ``classes`` is None.
+
+    Returns:
+        The labelmap (uint8), the lesion components (numbered 1..N by decreasing volume) and N.
+    """
+    shape = probability.shape
+    labelmap = np.zeros(shape, dtype=np.uint8)
+    components = np.zeros(shape, dtype=np.uint16)
+    mask_full = probability >= threshold
+    box = _bounding_box(mask_full)
+    if box is None:
+        return Lesions(labelmap, components, 0)
+    mask = mask_full[box]
+    del mask_full
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    labelled, count = ndimage.label(mask, structure=FULL_CONNECTIVITY)
+    voxel_mm3 = float(np.prod(spacing))
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
+    keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3]
+    if len(keep) > np.iinfo(np.uint16).max:
+        raise ValueError("more than 65535 lesions: the probability map is not a lesion map (check the threshold)")
+    renumber = np.zeros(count + 1, dtype=np.uint16)
+    renumber[keep] = np.arange(1, len(keep) + 1, dtype=np.uint16)
+    box_components = renumber[labelled]
+    components[box] = box_components
+    lesion_voxels = box_components > 0
+    if classes is None:
+        labelmap[box][lesion_voxels] = label_value
+    else:
+        box_classes = np.asarray(classes[box], dtype=np.uint8)
+        labelmap[box] = np.where(lesion_voxels, np.maximum(box_classes, 1), 0)
+    return Lesions(labelmap, components, len(keep))
+
+
+def max_diameter_mm(points_mm: np.ndarray) -> float:
+    """The largest distance between two points (voxel centres, mm), via their convex hull."""
+    if len(points_mm) < 2:
+        return 0.0
+    candidates = points_mm
+    if len(points_mm) > 50:
+        try:
+            candidates = points_mm[ConvexHull(points_mm).vertices]
+        except (QhullError, ValueError):  # flat lesion (one slice): all points are candidates
+            candidates = points_mm
+    if len(candidates) > 6000:
+        candidates = candidates[:: len(candidates) // 6000 + 1]
+    return float(pdist(candidates).max())
+
+
+def lesion_table(
+    components: np.ndarray,
+    count: int,
+    ijk_to_ras: np.ndarray,
+    probability: np.ndarray | None = None,
+    labelmap: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per lesion: id, label, voxels, volume (mL), centroid (RAS mm), longest diameter (mm), mean probability.
+
+    Args:
+        components: lesion id per voxel, (k, j, i).
+        count: number of lesions (ids 1..count).
+        ijk_to_ras: 4x4 voxel-to-RAS matrix of the grid.
+        probability: foreground probability per voxel (None: mean_probability is None).
+        labelmap: class per voxel, to report each lesion's (majority) label.
+    """
+    if count == 0:
+        return []
+    voxel_ml = abs(float(np.linalg.det(ijk_to_ras[:3, :3]))) / 1000.0
+    lesions = []
+    for index, box in enumerate(ndimage.find_objects(components, max_label=count)):
+        lesion_id = index + 1
+        if box is None:
+            continue
+        local = components[box] == lesion_id
+        kji = np.argwhere(local) + np.array([s.start for s in box])
+        ijk = kji[:, ::-1].astype(float)
+        ras = ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+        # Surface voxels are enough for the diameter; interior points never lie on the hull.
+        surface = local & ~ndimage.binary_erosion(local, structure=FULL_CONNECTIVITY)
+        surface_ras = (np.argwhere(surface) + np.array([s.start for s in box]))[:, ::-1].astype(float)
+        surface_ras = surface_ras @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+        entry: dict[str, Any] = {
+            "id": lesion_id,
+            "voxels": int(len(ijk)),
+            "volume_ml": round(len(ijk) * voxel_ml, 6),
+            "centroid_ras": [round(float(v), 3) for v in ras.mean(axis=0)],
+            "max_diameter_mm": round(max_diameter_mm(surface_ras if len(surface_ras) else ras), 3),
+            "mean_probability": None if probability is None else round(float(probability[box][local].mean()), 4),
+        }
+        if labelmap is not None:
+            values = labelmap[box][local]
+            entry["label"] = int(np.bincount(values).argmax()) if values.size else 0
+        lesions.append(entry)
+    return lesions

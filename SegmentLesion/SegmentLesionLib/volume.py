@@ -1,0 +1,237 @@
+"""Reading volumes and labelmaps with their full geometry, and writing labelmaps atomically.
+
+Images are carried as ``SimpleITK.Image`` (LPS physical space, as ITK and DICOM use): it holds the
+origin, spacing and direction (oblique included) that every result must be mapped back onto.
+No metadata from the input (DICOM tags, NIfTI descriptions) is ever copied to an output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+logger = logging.getLogger("SegmentLesion")
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
+LABELMAP_OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def file_extension(path: str | os.PathLike) -> str:
+    """Return the (possibly double) extension of a volume file, lower case: ``.nii.gz``, ``.seg.nrrd``..."""
+    name = Path(path).name.lower()
+    for ext in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """Return the file name without its (possibly double) extension."""
+    name = Path(path).name
+    ext = file_extension(path)
+    return name[: len(name) - len(ext)] if ext else name
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(f"{folder}: folder holds no DICOM series (give a volume file or a DICOM series folder)")
+    if len(series_ids) > 1:
+        raise InputError(f"{folder}: folder holds {len(series_ids)} DICOM series; give a folder with exactly one")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    if len(files) < 2:
+        raise InputError(f"{folder}: the DICOM series has a single slice; a 3D volume is needed")
+    reader.SetFileNames(files)
+    # Tags are not loaded: nothing from the DICOM header can leak into an output.
+    reader.MetaDataDictionaryArrayUpdateOff()
+    reader.LoadPrivateTagsOff()
+    return reader.Execute()
+
+
+def _read_image(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            return _read_dicom_series(path)
+        return sitk.ReadImage(str(path))
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        # SimpleITK's messages are long multi-line ITK traces: keep the first meaningful line.
+        detail = next((line.strip() for line in str(exc).splitlines() if "rror" in line or "not" in line), "")
+        raise InputError(f"{path}: cannot be read as an image (corrupt or unsupported format){': ' + detail if detail else ''}") from exc
+
+
+def check_3d_scalar(image: sitk.Image, name: str) -> None:
+    """Raise InputError unless ``image`` is a 3D single-component volume of at least 2 voxels along each axis."""
+    dim = image.GetDimension()
+    if dim == 2 or (dim == 3 and min(image.GetSize()) < 2):
+        raise InputError(f"{name}: is a 2D image (size {list(image.GetSize())}); a 3D volume is needed")
+    if dim == 4:
+        raise InputError(f"{name}: is a 4D image (size {list(image.GetSize())}); give a single 3D volume")
+    if dim != 3:
+        raise InputError(f"{name}: has {dim} dimensions; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); "
+            "a single-component (grey-level) volume is needed"
+        )
+
+
+def read_volume(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D scalar volume (NIfTI, NRRD, MetaImage or a DICOM series folder) as float32.
+
+    Non-finite voxels (NaN, Inf) are replaced by the lowest finite value, with a warning.
+
+    Raises:
+        InputError: missing or unreadable file, 2D, 4D or multi-component image, unclear DICOM folder.
+    """
+    path = Path(path)
+    if file_extension(path) == ".seg.nrrd":
+        raise InputError(f"{path}: is a segmentation, not an image volume")
+    image = _read_image(path)
+    check_3d_scalar(image, str(path))
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        fill = float(array[finite].min()) if finite.any() else 0.0
+        logger.warning("%s: %d non-finite voxels (NaN/Inf) replaced by %g", path, bad, fill)
+        fixed = np.where(finite, array, np.float32(fill)).astype(np.float32)
+        image = copy_geometry(sitk.GetImageFromArray(fixed), image)
+    return strip_metadata(image)
+
+
+def read_labelmap(path: str | os.PathLike) -> sitk.Image:
+    """Read a labelmap volume (any volume format, or a Slicer ``.seg.nrrd``) as uint8/uint16 labels.
+
+    A ``.seg.nrrd`` is flattened by segment label value; overlapping segments (several layers) are refused,
+    as a flat labelmap cannot hold them.
+    """
+    path = Path(path)
+    if file_extension(path) == ".seg.nrrd":
+        return _read_seg_nrrd(path)
+    image = _read_image(path)
+    check_3d_scalar(image, str(path))
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise InputError(f"{path}: is not a labelmap (non-integer values)")
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise InputError(f"{path}: label values must be between 0 and 65535")
+    pixel = sitk.sitkUInt8 if (array.size == 0 or array.max() <= 255) else sitk.sitkUInt16
+    return strip_metadata(sitk.Cast(image, pixel))
+
+
+def _read_seg_nrrd(path: Path) -> sitk.Image:
+    import slicerio
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # slicerio raises several types for a damaged file
+        raise InputError(f"{path}: cannot be read as a Slicer segmentation ({exc})") from exc
+    voxels = segmentation["voxels"]
+    if voxels.ndim == 4:
+        raise InputError(f"{path}: segments overlap (several layers); export non-overlapping segments")
+    labels = np.zeros(voxels.shape, dtype=np.uint16)
+    for segment in segmentation["segments"]:
+        labels[voxels == segment["labelValue"]] = segment["labelValue"]
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    return image_from_ijk_array(labels, ijk_to_lps)
+
+
+def image_from_ijk_array(array_ijk: np.ndarray, ijk_to_lps: np.ndarray) -> sitk.Image:
+    """Build an image from an (i, j, k)-indexed array and its 4x4 IJK-to-LPS matrix."""
+    matrix = np.asarray(ijk_to_lps, dtype=float)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array_ijk, (2, 1, 0))))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in (matrix / spacing).ravel()])
+    image.SetOrigin([float(v) for v in np.asarray(ijk_to_lps)[:3, 3]])
+    return image
+
+
+def ijk_to_lps_matrix(image: sitk.Image) -> np.ndarray:
+    """The 4x4 matrix from voxel index (i, j, k) to LPS millimetres."""
+    matrix = np.eye(4)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    matrix[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=float)
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
+    """The 4x4 matrix from voxel index (i, j, k) to RAS millimetres (Slicer's convention)."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps_matrix(image)
+
+
+def copy_geometry(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Give ``image`` the origin, spacing and direction of ``reference`` (no metadata is copied)."""
+    image.SetOrigin(reference.GetOrigin())
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+    return image
+
+
+def strip_metadata(image: sitk.Image) -> sitk.Image:
+    """Remove every metadata key (DICOM tags, NIfTI descrip...) so none reaches an output file."""
+    for key in image.GetMetaDataKeys():
+        image.EraseMetaData(key)
+    return image
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
+    """True when both images have the same size and, within ``tolerance``, origin, spacing and direction."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` when the block succeeds.
+
+    On any error the temporary file is removed and ``path`` is left untouched.
+
+    Raises:
+        InputError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists (use --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = file_extension(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{file_stem(path)}.", suffix=f".tmp{ext}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write an image atomically (temporary name, then rename), with compression and no metadata."""
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        sitk.WriteImage(strip_metadata(image), str(tmp), useCompression=True)
+    return path
