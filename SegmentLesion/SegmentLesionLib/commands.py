@@ -1,17 +1,23 @@
 """Subcommands beyond segmentation (export, train, evaluate, models), kept apart from ``cli.py``.
 
-Each part of the package that adds a subcommand defines ``add_<name>_parser(subparsers)`` and a handler
-``run_<name>(args) -> int`` in its own module; this file only lists them, so ``cli.py`` stays small and
-importing the CLI does not import torch.
+Each module named in ``MODULES`` defines ``add_commands(subparsers) -> dict[str, handler]``, where a
+handler is ``run(args: argparse.Namespace) -> int``. Those modules import torch lazily (inside
+functions), so that building the parser stays light.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import Callable
+
+MODULES: list[str] = []
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the parsers of the extra subcommands and fill ``HANDLERS``."""
+    for name in MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        HANDLERS.update(module.add_commands(subparsers))

@@ -1,0 +1,166 @@
+"""Shared fixtures: small real model folders, volumes on disk and the real LiTS CT crop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import data_sources  # noqa: E402  (Testing/ is on sys.path under pytest's rootdir conftest)
+
+
+def tiny_network_def(spatial_dims: int = 3, out_channels: int = 2) -> dict:
+    """A small MONAI UNet definition (a few thousand parameters)."""
+    return {
+        "_target_": "UNet",
+        "spatial_dims": spatial_dims,
+        "in_channels": 1,
+        "out_channels": out_channels,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
+    }
+
+
+def make_model(folder: Path, spatial_dims: int = 3, seed: int = 0, **settings) -> Path:
+    """Write a model folder with random weights (a real MONAI UNet)."""
+    import torch
+
+    from SegmentLesionLib.model import build_network, save_model
+    from SegmentLesionLib.modelspec import LabelInfo, ModelSpec
+
+    network_def = tiny_network_def(spatial_dims)
+    defaults = dict(
+        name="TinyTestModel",
+        version="0.0.1",
+        network_def=network_def,
+        labels=[LabelInfo(1, "lesion", [0.9, 0.3, 0.2])],
+        spatial_dims=spatial_dims,
+        patch_size=[32] * spatial_dims,
+        spacing=None,
+        min_lesion_mm3=0.0,
+    )
+    defaults.update(settings)
+    spec = ModelSpec(**defaults)
+    torch.manual_seed(seed)
+    return save_model(folder, spec, build_network(network_def), overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def model_3d(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("models") / "unet3d")
+
+
+@pytest.fixture(scope="session")
+def model_2d(tmp_path_factory) -> Path:
+    return make_model(tmp_path_factory.mktemp("models") / "unet2d", spatial_dims=2)
+
+
+def make_volume(shape_kji=(24, 28, 32), spacing=(1.0, 1.2, 1.5), origin=(10.0, -20.0, 30.0), direction=None, seed=0) -> sitk.Image:
+    """A float32 volume with a bright blob, on a chosen grid."""
+    rng = np.random.default_rng(seed)
+    array = rng.normal(100, 10, shape_kji).astype(np.float32)
+    k, j, i = np.indices(shape_kji)
+    centre = np.array(shape_kji) / 2
+    blob = ((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2) < 25
+    array[blob] += 150
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def oblique_direction(degrees: float = 20.0) -> tuple:
+    """A rotation about an oblique axis, as a row-major direction matrix."""
+    angle = np.radians(degrees)
+    axis = np.array([1.0, 2.0, 3.0]) / np.linalg.norm([1.0, 2.0, 3.0])
+    skew = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
+    return tuple(rotation.ravel())
+
+
+@pytest.fixture(scope="session")
+def lits_case(tmp_path_factory):
+    """The real LiTS case 117 crop (CT, liver + tumour labels), or skip when it cannot be fetched."""
+    try:
+        return data_sources.lits_case()
+    except data_sources.DataUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def blob_case(rng: np.random.Generator, shape=(32, 32, 32), pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy volume with 1-3 bright spheres and their exact mask (arrays, any axis order)."""
+    image = rng.normal(0.0, 0.3, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    grid = np.indices(shape)
+    for _ in range(rng.integers(1, 4)):
+        radius = rng.uniform(2.5, 6.0)
+        centre = [rng.uniform(radius, s - radius) for s in shape]
+        sphere = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+        label[sphere] = 1
+    image[label > 0] += rng.uniform(1.5, 3.0)
+    if pad:
+        # Resampling an oblique volume pads the model grid with the image minimum: teach the model it is background.
+        low = float(image.min())
+        for axis in range(3):
+            width = int(rng.integers(0, 10))
+            index = [slice(None)] * 3
+            index[axis] = slice(0, width) if rng.random() < 0.5 else slice(shape[axis] - width, shape[axis])
+            image[tuple(index)] = low
+            label[tuple(index)] = 0
+    return image, label
+
+
+def train_blob_model(folder: Path, iterations: int = 100, seed: int = 0) -> Path:
+    """Train a tiny 3D UNet to find bright blobs (a few seconds): a real model with predictable output."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from SegmentLesionLib.model import build_network, save_model
+    from SegmentLesionLib.modelspec import LabelInfo, ModelSpec
+
+    network_def = {**tiny_network_def(), "channels": [8, 16, 32]}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    network = build_network(network_def)
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    network.train()
+    for _ in range(iterations):
+        batch = [blob_case(rng, pad=True) for _ in range(4)]
+        images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
+        labels = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+        optimiser.zero_grad()
+        loss = loss_fn(network(images), labels)
+        loss.backward()
+        optimiser.step()
+    # Blobs are drawn at native resolution: no resampling, no intensity normalisation (data is already scaled).
+    spec = ModelSpec(
+        name="BlobTestModel",
+        version="0.0.1",
+        network_def=network_def,
+        labels=[LabelInfo(1, "lesion", [0.9, 0.3, 0.2])],
+        patch_size=[32, 32, 32],
+        spacing=None,
+        intensity={"mode": "none"},
+        min_lesion_mm3=0.0,
+    )
+    return save_model(folder, spec, network, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def blob_model(tmp_path_factory) -> Path:
+    return train_blob_model(tmp_path_factory.mktemp("models") / "blob")
+
+
+def blob_volume(seed: int = 5, shape=(40, 36, 44)) -> tuple[sitk.Image, sitk.Image]:
+    """A blob case as images (default geometry), for end-to-end checks with ``blob_model``."""
+    image, label = blob_case(np.random.default_rng(seed), shape)
+    return sitk.GetImageFromArray(image), sitk.GetImageFromArray(label)

@@ -1,0 +1,143 @@
+"""The engine end to end with real MONAI networks: geometry, 2D/3D, progress, cancel, TTA, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import blob_volume, make_volume, oblique_direction
+
+from SegmentLesionLib.errors import Cancelled, InputError
+from SegmentLesionLib.inference import SegmentOptions, Segmenter, count_window_batches, resolve_device
+from SegmentLesionLib.metrics import dice
+
+
+@pytest.fixture(scope="module")
+def blob_segmenter(blob_model):
+    return Segmenter(blob_model, "cpu")
+
+
+def _with_geometry(image, spacing, direction, origin=(5.0, -7.0, 11.0)):
+    out = sitk.Image(image)
+    out.SetSpacing(spacing)
+    out.SetDirection(direction)
+    out.SetOrigin(origin)
+    return out
+
+
+def _assert_same_grid(result_image, image):
+    assert result_image.GetSize() == image.GetSize()
+    assert result_image.GetSpacing() == image.GetSpacing()
+    assert result_image.GetOrigin() == image.GetOrigin()
+    assert result_image.GetDirection() == image.GetDirection()
+
+
+def test_3d_network_finds_the_blobs(blob_segmenter):
+    image, truth = blob_volume()
+    result = blob_segmenter.segment(image)
+    _assert_same_grid(result.labelmap, image)
+    _assert_same_grid(result.probability, image)
+    assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
+    assert result.report["input"]["size"] == list(image.GetSize())
+    assert result.report["model"]["name"] == "BlobTestModel" and len(result.report["model"]["sha256"]) == 64
+    assert len(result.lesions) == len(result.report["lesions"]) >= 1
+    assert all(0.5 <= lesion["mean_probability"] <= 1.0 for lesion in result.lesions)
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 0, 1, 1, 0, 0, 0, -1, 0), oblique_direction(30)],
+    ids=["LPS", "RAS", "permuted", "oblique"],
+)
+def test_result_lands_on_the_input_grid(blob_segmenter, direction):
+    image, truth = blob_volume()
+    image = _with_geometry(image, (1.0, 1.0, 1.0), direction)
+    result = blob_segmenter.segment(image)
+    _assert_same_grid(result.labelmap, image)
+    # The lesions must be where they are in the input, whatever the orientation (oblique is resampled).
+    assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
+
+
+def test_anisotropic_input_with_model_spacing(blob_model, tmp_path):
+    """A model with a target spacing resamples the input and maps the result back onto the input grid."""
+    import json
+    import shutil
+
+    folder = tmp_path / "spaced"
+    shutil.copytree(blob_model, folder)
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    metadata["segment_lesion"]["spacing"] = [1.0, 1.0, 1.0]
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    # The input has 2 mm slices: the blobs, drawn on a 1 mm grid, are sampled every other slice.
+    image_1mm, truth_1mm = blob_volume(shape=(48, 36, 40))
+    image = sitk.Resample(image_1mm, [40, 36, 24], sitk.Transform(), sitk.sitkLinear, (0, 0, 0.5), (1.0, 1.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    truth = sitk.Resample(truth_1mm, image, sitk.Transform(), sitk.sitkNearestNeighbor)
+    result = Segmenter(folder, "cpu").segment(image)
+    _assert_same_grid(result.labelmap, image)
+    assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
+
+
+def test_2d_network_runs_slice_by_slice(model_2d):
+    image = make_volume(shape_kji=(5, 40, 36))
+    calls = []
+    result = Segmenter(model_2d, "cpu").segment(image, progress=lambda done, total, stage: calls.append((done, total, stage)))
+    _assert_same_grid(result.labelmap, image)
+    inference = [c for c in calls if c[2] == "inference"]
+    # RAS-ordered array is (i, j, k) = (36, 40, 5): 5 axial slices, each 36x40 covered by 32x32 windows.
+    per_slice = count_window_batches((36, 40), (32, 32), 0.25, 2)
+    assert inference[-1] == (5 * per_slice, 5 * per_slice, "inference")
+    assert [c[0] for c in inference] == list(range(0, 5 * per_slice + 1))
+
+
+def test_progress_counts_every_window_batch(model_3d):
+    image = make_volume(shape_kji=(40, 40, 40))
+    calls = []
+    Segmenter(model_3d, "cpu").segment(image, progress=lambda *args: calls.append(args))
+    total = count_window_batches((40, 40, 40), (32, 32, 32), 0.25, 2)
+    assert total == 4  # 2 x 2 x 2 windows of 32 with stride 24, two per batch
+    assert [c[0] for c in calls if c[2] == "inference"] == [0, 1, 2, 3, 4]
+    assert calls[-1][2] == "post-processing"
+
+
+def test_cancel_between_batches(model_3d):
+    image = make_volume(shape_kji=(40, 40, 40))
+    seen = []
+    with pytest.raises(Cancelled):
+        Segmenter(model_3d, "cpu").segment(image, progress=lambda done, *_: seen.append(done), cancel=lambda: len(seen) >= 2)
+    assert max(seen) == 1  # stopped after the first batch, not at the end
+
+
+def test_test_time_augmentation_runs_every_flip(blob_segmenter):
+    image, truth = blob_volume()
+    calls = []
+    result = blob_segmenter.segment(image, SegmentOptions(tta=True), progress=lambda *args: calls.append(args))
+    plain = count_window_batches(tuple(reversed(image.GetSize())), (32, 32, 32), 0.25, 2)
+    assert [c for c in calls if c[2] == "inference"][-1][1] == 4 * plain
+    assert result.report["settings"]["tta"] is True
+    assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
+
+
+def test_options_override_the_model(blob_segmenter):
+    image, _ = blob_volume()
+    strict = blob_segmenter.segment(image, SegmentOptions(threshold=0.999999))
+    loose = blob_segmenter.segment(image, SegmentOptions(threshold=0.5))
+    huge_minimum = blob_segmenter.segment(image, SegmentOptions(min_lesion_mm3=1e9))
+    assert sitk.GetArrayViewFromImage(strict.labelmap).sum() < sitk.GetArrayViewFromImage(loose.labelmap).sum()
+    assert huge_minimum.lesions == [] and not sitk.GetArrayViewFromImage(huge_minimum.labelmap).any()
+
+
+@pytest.mark.parametrize("value", [0.0, 1234.0])
+def test_constant_volume_gives_no_lesion(blob_segmenter, value):
+    image = sitk.Image(30, 30, 30, sitk.sitkFloat32) + value
+    result = blob_segmenter.segment(image)
+    assert result.lesions == [] and result.report["total_volume_ml"] == 0
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")

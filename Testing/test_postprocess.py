@@ -1,0 +1,86 @@
+"""Post-processing on hand-made arrays: threshold, holes, minimum size, components, lesion measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SegmentLesionLib.postprocess import find_lesions, lesion_table, max_diameter_mm
+
+
+def test_components_numbered_by_decreasing_volume_with_volumes_by_hand():
+    probability = np.zeros((10, 10, 20), np.float32)
+    probability[1:3, 1:3, 1:3] = 0.9  # 8 voxels
+    probability[5:8, 5:8, 10:13] = 0.8  # 27 voxels
+    spacing = (2.0, 1.0, 1.0)  # (i, j, k): a voxel is 2 mm^3
+    found = find_lesions(probability, spacing, threshold=0.5)
+    assert found.count == 2
+    assert (found.components == 1).sum() == 27 and (found.components == 2).sum() == 8
+    ijk_to_ras = np.diag([-2.0, -1.0, 1.0, 1.0])
+    table = lesion_table(found.components, found.count, ijk_to_ras, probability, found.labelmap)
+    assert [row["volume_ml"] for row in table] == [27 * 2 / 1000, 8 * 2 / 1000]
+    assert table[0]["mean_probability"] == pytest.approx(0.8) and table[1]["mean_probability"] == pytest.approx(0.9)
+    # Centroid of the small cube: i = 1.5, j = 1.5, k = 1.5 -> RAS (-3, -1.5, 1.5)
+    assert table[1]["centroid_ras"] == [-3.0, -1.5, 1.5]
+    assert table[1]["label"] == 1 and table[1]["voxels"] == 8
+
+
+def test_threshold_is_inclusive_and_respected():
+    probability = np.zeros((5, 5, 5), np.float32)
+    probability[2, 2, 2] = 0.5
+    probability[0, 0, 0] = 0.49
+    found = find_lesions(probability, (1, 1, 1), threshold=0.5, fill_holes=False)
+    assert found.count == 1 and found.labelmap[2, 2, 2] == 1 and found.labelmap[0, 0, 0] == 0
+
+
+def test_holes_filled_only_when_asked():
+    probability = np.zeros((7, 7, 7), np.float32)
+    probability[1:6, 1:6, 1:6] = 1.0
+    probability[3, 3, 3] = 0.0  # enclosed cavity
+    assert find_lesions(probability, (1, 1, 1), fill_holes=True).labelmap[3, 3, 3] == 1
+    assert find_lesions(probability, (1, 1, 1), fill_holes=False).labelmap[3, 3, 3] == 0
+
+
+def test_minimum_size_in_cubic_millimetres():
+    probability = np.zeros((10, 10, 10), np.float32)
+    probability[0:2, 0:2, 0:2] = 1  # 8 voxels x 1.5 mm^3 = 12 mm^3
+    probability[5:8, 5:8, 5:8] = 1  # 27 voxels x 1.5 = 40.5 mm^3
+    spacing = (1.5, 1.0, 1.0)
+    assert find_lesions(probability, spacing, min_lesion_mm3=12.0).count == 2
+    kept = find_lesions(probability, spacing, min_lesion_mm3=12.1)
+    assert kept.count == 1 and kept.labelmap[0, 0, 0] == 0 and kept.labelmap[6, 6, 6] == 1
+
+
+def test_diagonal_neighbours_are_one_lesion():
+    probability = np.zeros((4, 4, 4), np.float32)
+    probability[0, 0, 0] = probability[1, 1, 1] = 1
+    assert find_lesions(probability, (1, 1, 1), fill_holes=False).count == 1
+
+
+def test_longest_diameter_between_voxel_centres():
+    probability = np.zeros((3, 3, 12), np.float32)
+    probability[1, 1, 1:11] = 1  # ten voxels along i, 2 mm apart -> 18 mm
+    found = find_lesions(probability, (2.0, 1.0, 1.0), fill_holes=False)
+    table = lesion_table(found.components, found.count, np.diag([2.0, 1.0, 1.0, 1.0]))
+    assert table[0]["max_diameter_mm"] == pytest.approx(18.0)
+    assert table[0]["mean_probability"] is None
+
+
+def test_diameter_of_a_large_sphere_uses_the_hull():
+    grid = np.indices((41, 41, 41)) - 20
+    points = np.argwhere((grid**2).sum(axis=0) <= 400).astype(float)
+    assert max_diameter_mm(points) == pytest.approx(40.0)
+
+
+def test_class_map_and_label_value():
+    probability = np.zeros((6, 6, 6), np.float32)
+    probability[1:3, 1:3, 1:3] = 1
+    classes = np.full((6, 6, 6), 2, np.uint8)
+    assert set(np.unique(find_lesions(probability, (1, 1, 1), classes=classes).labelmap)) == {0, 2}
+    assert set(np.unique(find_lesions(probability, (1, 1, 1), label_value=3).labelmap)) == {0, 3}
+
+
+def test_empty_probability_gives_no_lesion():
+    found = find_lesions(np.zeros((5, 6, 7), np.float32), (1, 1, 1))
+    assert found.count == 0 and not found.labelmap.any()
+    assert lesion_table(found.components, 0, np.eye(4)) == []
