@@ -82,6 +82,8 @@ def plan_outputs(cases: list[Path], output: str, fmt: str) -> list[Path]:
     out = Path(output)
     if len(cases) == 1 and file_extension(out) in LABELMAP_OUTPUT_EXTENSIONS:
         return [out]
+    if out.suffix and not out.is_dir() and file_extension(out) not in LABELMAP_OUTPUT_EXTENSIONS:
+        raise InputError(f"{out}: unsupported output format (use one of {', '.join(LABELMAP_OUTPUT_EXTENSIONS)}, or a folder)")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: several inputs need an output folder, not a file")
     if file_extension(out) in LABELMAP_OUTPUT_EXTENSIONS:
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # Other libraries' INFO chatter stays hidden; our own messages show (debug ones with --verbose).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {"segment": run_segment, "worker": run_worker, "demo": run_demo}
     from . import commands
 
