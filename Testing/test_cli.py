@@ -11,7 +11,6 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 from conftest import blob_volume, make_volume
-
 from SegmentLesionLib.metrics import dice
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import blob_volume, make_volume, oblique_direction
-
 from SegmentLesionLib.errors import Cancelled, InputError
-from SegmentLesionLib.inference import SegmentOptions, Segmenter, count_window_batches, resolve_device
+from SegmentLesionLib.inference import Segmenter, SegmentOptions, count_window_batches, resolve_device
 from SegmentLesionLib.metrics import dice
 
 
@@ -70,7 +68,9 @@ def test_anisotropic_input_with_model_spacing(blob_model, tmp_path):
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
     # The input has 2 mm slices: the blobs, drawn on a 1 mm grid, are sampled every other slice.
     image_1mm, truth_1mm = blob_volume(shape=(48, 36, 40))
-    image = sitk.Resample(image_1mm, [40, 36, 24], sitk.Transform(), sitk.sitkLinear, (0, 0, 0.5), (1.0, 1.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image = sitk.Resample(
+        image_1mm, [40, 36, 24], sitk.Transform(), sitk.sitkLinear, (0, 0, 0.5), (1.0, 1.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
     truth = sitk.Resample(truth_1mm, image, sitk.Transform(), sitk.sitkNearestNeighbor)
     result = Segmenter(folder, "cpu").segment(image)
     _assert_same_grid(result.labelmap, image)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model, make_volume, tiny_network_def
-
 from SegmentLesionLib.errors import ModelError
 from SegmentLesionLib.inference import Segmenter
 from SegmentLesionLib.model import build_network, load_model
@@ -119,8 +118,12 @@ def _model_zoo_bundle(folder, network_def, transforms):
         "version": "0.5.0",
         "name": "Spleen CT segmentation (test double with random weights)",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1, "spatial_shape": [32, 32, 32]}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2, "channel_def": {"0": "background", "1": "spleen"}}},
+            "inputs": {
+                "image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1, "spatial_shape": [32, 32, 32]}
+            },
+            "outputs": {
+                "pred": {"type": "image", "format": "segmentation", "num_channels": 2, "channel_def": {"0": "background", "1": "spleen"}}
+            },
         },
     }
     inference = {
@@ -150,7 +153,16 @@ ZOO_TRANSFORMS = [
 
 
 def test_model_zoo_bundle_loads_and_segments(tmp_path):
-    network_def = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 2, "norm": "batch"}
+    network_def = {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 2,
+        "norm": "batch",
+    }
     folder = _model_zoo_bundle(tmp_path / "spleen", network_def, ZOO_TRANSFORMS)
     spec = load_spec(folder)
     assert spec.labels[0].name == "spleen" and spec.modality == "CT"
@@ -180,7 +192,15 @@ def test_model_zoo_bundle_with_expression_in_preprocessing_refused(tmp_path):
 def test_allow_listed_networks_build(tmp_path):
     for network_def in (
         {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 16, 32, 4]},
-        {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2]},
+        {
+            "_target_": "DynUNet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 2,
+            "kernel_size": [3, 3, 3],
+            "strides": [1, 2, 2],
+            "upsample_kernel_size": [2, 2],
+        },
         {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8},
         {"_target_": "monai.networks.nets.UNet", **{k: v for k, v in tiny_network_def().items() if k != "_target_"}},
     ):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from SegmentLesionLib.postprocess import find_lesions, lesion_table, max_diameter_mm
 
 

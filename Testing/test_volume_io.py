@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import make_volume, oblique_direction
-
 from SegmentLesionLib.errors import InputError
 from SegmentLesionLib.volume import atomic_path, read_labelmap, read_volume, same_geometry, write_image
 

@@ -6,7 +6,6 @@ import json
 
 import SimpleITK as sitk
 from conftest import make_volume
-
 from SegmentLesionLib.worker import WorkerClient
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,7 +67,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and file_extension(p) in VOLUME_EXTENSIONS and file_extension(p) != ".seg.nrrd")
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and file_extension(p) in VOLUME_EXTENSIONS and file_extension(p) != ".seg.nrrd"
+            )
             cases.extend(files if files else [path])
         else:
             cases.append(path)
@@ -110,7 +111,7 @@ def _console_progress(prefix: str) -> Callable[[int, int, str], None]:
 
 def run_segment(args: argparse.Namespace) -> int:
     """``segment``: every case is checked and every output planned before any work starts."""
-    from .inference import SegmentOptions, Segmenter
+    from .inference import Segmenter, SegmentOptions
     from .writers import check_output_path, report_path, write_json, write_labelmap
 
     cases = expand_inputs(args.inputs)

@@ -11,7 +11,7 @@ import argparse
 import importlib
 from typing import Callable
 
-MODULES: list[str] = []
+MODULES: list[str] = ["training", "export", "evaluation", "registry"]
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 

@@ -22,19 +22,13 @@ import torch
 from . import postprocess, preprocess
 from .errors import Cancelled, InputError
 from .model import load_model
+from .modelspec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
 from .volume import ijk_to_ras_matrix, read_volume
 
 logger = logging.getLogger("SegmentLesion")
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, stage)
 CancelCheck = Callable[[], bool]
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "SegmentLesionBrainMR"
-
-
-def default_model_dir() -> Path:
-    """The bundled default model folder (overridable with SEGMENT_LESION_MODEL)."""
-    return Path(os.environ.get("SEGMENT_LESION_MODEL", DEFAULT_MODEL_DIR))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -130,11 +124,23 @@ class Segmenter:
         """Model name, version and weights sha256 for reports."""
         return self.spec.summary()
 
-    def segment_file(self, path: str | os.PathLike, options: SegmentOptions | None = None, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> SegmentationResult:
+    def segment_file(
+        self,
+        path: str | os.PathLike,
+        options: SegmentOptions | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> SegmentationResult:
         """Read a volume file (or DICOM folder) and segment it."""
         return self.segment(read_volume(path), options, progress, cancel)
 
-    def segment(self, image: sitk.Image, options: SegmentOptions | None = None, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        image: sitk.Image,
+        options: SegmentOptions | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> SegmentationResult:
         """Segment a 3D volume; every output is on ``image``'s grid.
 
         Raises:
@@ -168,7 +174,15 @@ class Segmenter:
         threshold = spec.threshold if options.threshold is None else options.threshold
         min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
         fill = spec.fill_holes if options.fill_holes is None else options.fill_holes
-        found = postprocess.find_lesions(prob_array, reference.spacing, threshold=threshold, min_lesion_mm3=min_mm3, fill_holes=fill, classes=classes, label_value=spec.labels[0].value)
+        found = postprocess.find_lesions(
+            prob_array,
+            reference.spacing,
+            threshold=threshold,
+            min_lesion_mm3=min_mm3,
+            fill_holes=fill,
+            classes=classes,
+            label_value=spec.labels[0].value,
+        )
         labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
         ijk_to_ras = ijk_to_ras_matrix(labelmap)
         lesions = postprocess.lesion_table(found.components, found.count, ijk_to_ras, prob_array, found.labelmap)
@@ -178,7 +192,13 @@ class Segmenter:
             "total_volume_ml": round(sum(lesion["volume_ml"] for lesion in lesions), 6),
             "model": {**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
             "input": {"size": list(reference.size), "spacing": [round(v, 6) for v in reference.spacing]},
-            "settings": {"threshold": threshold, "min_lesion_mm3": min_mm3, "fill_holes": fill, "tta": options.tta, "device": str(self.device)},
+            "settings": {
+                "threshold": threshold,
+                "min_lesion_mm3": min_mm3,
+                "fill_holes": fill,
+                "tta": options.tta,
+                "device": str(self.device),
+            },
         }
         return SegmentationResult(labelmap, probability, found.components, lesions, report, timings)
 
@@ -191,7 +211,9 @@ class Segmenter:
             back = reference.resample(image, interpolator)
         return back
 
-    def _infer(self, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _infer(
+        self, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays."""
         try:
             return self._infer_on(self.device, data, tta, progress, cancel)
@@ -206,7 +228,9 @@ class Segmenter:
             finally:
                 self.network.to(self.device)
 
-    def _infer_on(self, device: torch.device, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _infer_on(
+        self, device: torch.device, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         from monai.inferers import SliceInferer, SlidingWindowInferer
 
         spec = self.spec
@@ -216,11 +240,15 @@ class Segmenter:
             flips += [(axis,) for axis in range(2, 2 + 3)] if spec.spatial_dims == 3 else [(2,), (3,)]
         if spec.spatial_dims == 3:
             per_pass = count_window_batches(spatial, tuple(spec.patch_size), spec.overlap, spec.sw_batch_size)
-            inferer = SlidingWindowInferer(roi_size=spec.patch_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, mode="gaussian")
+            inferer = SlidingWindowInferer(
+                roi_size=spec.patch_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, mode="gaussian"
+            )
         else:
             # A 2D network runs over the axial slices (last axis of the RAS-ordered array).
             per_pass = spatial[2] * count_window_batches(spatial[:2], tuple(spec.patch_size), spec.overlap, spec.sw_batch_size)
-            inferer = SliceInferer(roi_size=spec.patch_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, mode="gaussian", spatial_dim=2)
+            inferer = SliceInferer(
+                roi_size=spec.patch_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, mode="gaussian", spatial_dim=2
+            )
         wrapped = _ProgressNetwork(self.network, per_pass * len(flips), progress, cancel)
         if progress is not None:
             progress(0, wrapped.total, "inference")

@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import ModelError
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "SegmentLesionBrainMR"
 METADATA_FILE = Path("configs") / "metadata.json"
 INFERENCE_FILE = Path("configs") / "inference.json"
 WEIGHTS_FILE = Path("models") / "model.pt"
@@ -128,6 +129,11 @@ class ModelSpec:
         return block
 
 
+def default_model_dir() -> Path:
+    """The bundled default model folder (overridable with the SEGMENT_LESION_MODEL environment variable)."""
+    return Path(os.environ.get("SEGMENT_LESION_MODEL", DEFAULT_MODEL_DIR))
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 hex digest of a file."""
     digest = hashlib.sha256()
@@ -161,12 +167,10 @@ def network_name(target: Any, where: str = "network_def") -> str:
     name = target
     for prefix in ("monai.networks.nets.", "monai.networks.nets.unet.", "monai.networks.nets.basic_unet."):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     name = name.split(".")[-1] if name.startswith("monai.networks.nets") else name
     if name not in ALLOWED_NETWORKS:
-        raise ModelError(
-            f"{where}: refused: network {target!r} is not in the allow-list ({', '.join(ALLOWED_NETWORKS)})"
-        )
+        raise ModelError(f"{where}: refused: network {target!r} is not in the allow-list ({', '.join(ALLOWED_NETWORKS)})")
     return name
 
 

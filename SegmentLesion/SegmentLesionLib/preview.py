@@ -30,7 +30,9 @@ def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
-def overlay_preview(image: sitk.Image, labelmap: sitk.Image, path: str | os.PathLike, truth: sitk.Image | None = None, scale: int = 2) -> Path:
+def overlay_preview(
+    image: sitk.Image, labelmap: sitk.Image, path: str | os.PathLike, truth: sitk.Image | None = None, scale: int = 2
+) -> Path:
     """Write a PNG of the axial slice with the most lesion voxels: image in grey, lesions filled red,
     the true mask (when given) outlined in green. The image is shown in radiological convention (RAS-oriented)."""
     image = sitk.DICOMOrient(image, "LPS")  # rows = anterior->posterior, columns = right->left on screen

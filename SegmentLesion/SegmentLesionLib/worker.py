@@ -59,7 +59,7 @@ class _Channel:
 def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the worker loop until stdin closes or a shutdown request arrives."""
     from .errors import Cancelled, SegmentLesionError
-    from .inference import SegmentOptions, Segmenter, device_description
+    from .inference import Segmenter, SegmentOptions, device_description
 
     # The protocol owns stdout: anything a library prints goes to stderr instead.
     channel = _Channel(stdout or sys.stdout)
@@ -70,7 +70,10 @@ def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | No
     except SegmentLesionError as exc:
         channel.send(event="error", id=None, message=str(exc))
         return 1
-    labels = [{"value": label.value, "name": label.name, "color": label.color, "terminology": label.terminology} for label in segmenter.spec.labels]
+    labels = [
+        {"value": label.value, "name": label.name, "color": label.color, "terminology": label.terminology}
+        for label in segmenter.spec.labels
+    ]
     channel.send(event="ready", model=segmenter.spec.summary(), device=device_description(segmenter.device), labels=labels)
 
     jobs: queue.Queue = queue.Queue()
@@ -124,7 +127,9 @@ def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | No
             result = segmenter.segment_file(
                 request["input"],
                 options,
-                progress=lambda done, total, stage, job_id=job_id: channel.send(event="progress", id=job_id, done=done, total=total, stage=stage),
+                progress=lambda done, total, stage, job_id=job_id: channel.send(
+                    event="progress", id=job_id, done=done, total=total, stage=stage
+                ),
                 cancel=is_cancelled,
             )
             _write_outputs(result, request, segmenter)
@@ -179,7 +184,9 @@ class WorkerClient:
         python: the Python executable to run the worker with (in Slicer: ``PythonSlicer``).
     """
 
-    def __init__(self, model_dir: str | None = None, device: str = "auto", python: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model_dir: str | None = None, device: str = "auto", python: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         command = [python or sys.executable, "-m", "SegmentLesionLib", "worker", "--device", device]
         if model_dir:
             command += ["--model", str(model_dir)]
@@ -246,7 +253,9 @@ class WorkerClient:
             except queue.Empty:
                 return events
 
-    def wait(self, kinds: tuple[str, ...] = ("done", "cancelled", "error", "exit"), job_id: str | None = None, timeout: float = 600.0) -> list[dict[str, Any]]:
+    def wait(
+        self, kinds: tuple[str, ...] = ("done", "cancelled", "error", "exit"), job_id: str | None = None, timeout: float = 600.0
+    ) -> list[dict[str, Any]]:
         """Block until an event of ``kinds`` (for ``job_id`` when given) arrives; return every event seen."""
         seen = []
         deadline = time.monotonic() + timeout
