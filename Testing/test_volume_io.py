@@ -73,6 +73,16 @@ def test_truncated_file(tmp_path):
     _expect_error(path, "cannot be read")
 
 
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_truncated_nifti_refused(tmp_path, ext):
+    # SimpleITK reads these without an error (the missing voxels come back as garbage): we must not.
+    path = tmp_path / f"truncated{ext}"
+    sitk.WriteImage(make_volume(), str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    _expect_error(path, "truncated")
+
+
 def test_2d_image(tmp_path):
     path = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(path))

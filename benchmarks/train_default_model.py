@@ -43,6 +43,11 @@ TRAIN_ARGS = [
     "--patch-size", "64",
     "--batch-size", "2",
     "--seed", "42",
+    "--lr", "2e-3",
+    "--val-fraction", "0.125",
+    "--val-interval", "2",
+    "--iterations-per-epoch", "60",
+    "--patience", "0",
 ]  # fmt: skip
 
 

@@ -8,9 +8,11 @@ No metadata from the input (DICOM tags, NIfTI descriptions) is ever copied to an
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -64,6 +66,7 @@ def _read_image(path: Path) -> sitk.Image:
     try:
         if path.is_dir():
             return _read_dicom_series(path)
+        check_complete(path)
         return sitk.ReadImage(str(path))
     except InputError:
         raise
@@ -71,6 +74,34 @@ def _read_image(path: Path) -> sitk.Image:
         # SimpleITK's messages are long multi-line ITK traces: keep the first meaningful line.
         detail = next((line.strip() for line in str(exc).splitlines() if "rror" in line or "not" in line), "")
         raise InputError(f"{path}: cannot be read as an image (corrupt or unsupported format){': ' + detail if detail else ''}") from exc
+
+
+def check_complete(path: Path) -> None:
+    """Raise InputError when a NIfTI file holds fewer voxel bytes than its header announces.
+
+    SimpleITK reads a truncated ``.nii``/``.nii.gz`` without complaint (the missing voxels come back as
+    garbage or zeros); an interrupted copy of a dataset must not train a model on that.
+    """
+    if file_extension(path) not in (".nii", ".nii.gz"):
+        return
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+        # Some writers leave vox_offset at 0; voxels of a single-file NIfTI never start before the header's end.
+        offset = max(int(header.get_data_offset()), int(getattr(header, "single_vox_offset", 0)))
+        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if file_extension(path) == ".nii.gz":
+            size = 0
+            with gzip.open(path, "rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 22), b""):
+                    size += len(chunk)
+        else:
+            size = path.stat().st_size
+    except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: cannot be read as an image (truncated or corrupt: {exc})") from exc
+    if size < expected:
+        raise InputError(f"{path}: truncated ({size} of {expected} bytes)")
 
 
 def check_3d_scalar(image: sitk.Image, name: str) -> None:
