@@ -221,11 +221,11 @@ def class_lookup(spec: ModelSpec, dataset_labels: dict[str, int] | None = None) 
     return table
 
 
-def prepare_case(case: DatasetCase, spec: ModelSpec, lookup: np.ndarray | None = None) -> PreparedCase:
-    """Read one case and bring it to the model grid, as inference would (image linear, label nearest neighbour).
+def read_case(case: DatasetCase) -> tuple[sitk.Image, sitk.Image]:
+    """Read a case's image and label and check that the label lies on the image's grid.
 
     Raises:
-        InputError: a missing, unreadable or corrupt file, or a label on another grid than its image.
+        InputError: a missing or corrupt file, or a label on another grid.
     """
     if not case.image.exists():
         raise InputError(f"{case.image}: image file missing")
@@ -235,6 +235,16 @@ def prepare_case(case: DatasetCase, spec: ModelSpec, lookup: np.ndarray | None =
     label = read_labelmap(case.label)
     if not same_geometry(image, label, tolerance=1e-3):
         raise InputError(f"{case.label}: label grid (size, origin, spacing, direction) differs from its image's")
+    return image, label
+
+
+def prepare_case(case: DatasetCase, spec: ModelSpec, lookup: np.ndarray | None = None) -> PreparedCase:
+    """Read one case and bring it to the model grid, as inference would (image linear, label nearest neighbour).
+
+    Raises:
+        InputError: a missing, unreadable or corrupt file, or a label on another grid than its image.
+    """
+    image, label = read_case(case)
     grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
     model_image = preprocess.to_model_grid(image, grid, exact)
     data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)

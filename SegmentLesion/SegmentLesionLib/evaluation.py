@@ -34,10 +34,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import metrics
-from .datasets import DATASET_FILE, Dataset, DatasetCase, read_dataset
+from .datasets import DATASET_FILE, Dataset, DatasetCase, read_case, read_dataset
 from .errors import Cancelled, InputError
 from .modelspec import sha256_file
-from .volume import read_labelmap, read_volume, same_geometry
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -99,23 +98,6 @@ def dataset_fingerprint(dataset: Dataset, cases: Sequence[DatasetCase] | None = 
             content = sha256_file(path) if path.is_file() else "missing"
             digest.update(f"{case.case_id}:{role}:{path.name}:{content}\n".encode())
     return digest.hexdigest()
-
-
-def read_case(case: DatasetCase) -> tuple[sitk.Image, sitk.Image]:
-    """Read a case's image and label and check that the label lies on the image's grid.
-
-    Raises:
-        InputError: a missing or corrupt file, or a label on another grid.
-    """
-    if not case.image.exists():
-        raise InputError(f"{case.image}: image file missing")
-    if not case.label.exists():
-        raise InputError(f"{case.label}: label file missing")
-    image = read_volume(case.image)
-    label = read_labelmap(case.label)
-    if not same_geometry(image, label, tolerance=1e-3):
-        raise InputError(f"{case.label}: label grid (size, origin, spacing, direction) differs from its image's")
-    return image, label
 
 
 def _utc_now() -> str:

@@ -65,9 +65,11 @@ class Grid:
 
 def orientation_direction(axcodes: str) -> np.ndarray:
     """The 3x3 LPS direction matrix whose columns point along ``axcodes`` (e.g. "RAS")."""
-    if len(axcodes) != 3 or any(c not in _AXIS_VECTORS for c in axcodes.upper()):
+    code = axcodes.upper()
+    groups = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+    if len(code) != 3 or any(c not in groups for c in code) or len({groups[c] for c in code}) != 3:
         raise ValueError(f"invalid orientation {axcodes!r}")
-    return np.array([_AXIS_VECTORS[c] for c in axcodes.upper()]).T
+    return np.array([_AXIS_VECTORS[c] for c in code], dtype=np.float64).T
 
 
 def model_grid(image: sitk.Image, orientation: str | None, spacing: list[float] | None) -> tuple[Grid, bool]:

@@ -44,6 +44,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .preprocess import orientation_direction
+
 logger = logging.getLogger("SegmentLesion")
 
 COLIN27_DIR = "/usr/share/mricron/templates"
@@ -70,14 +72,6 @@ ORIENTATIONS: tuple[tuple[str, float], ...] = (
     ("PIR", 0.06),
 )
 
-_LETTER_VECTORS = {
-    "L": (1.0, 0.0, 0.0),
-    "R": (-1.0, 0.0, 0.0),
-    "P": (0.0, 1.0, 0.0),
-    "A": (0.0, -1.0, 0.0),
-    "S": (0.0, 0.0, 1.0),
-    "I": (0.0, 0.0, -1.0),
-}
 
 # AAL labels used to bias the lesion placement.
 _AAL_DEEP_GREY = tuple(range(71, 79))  # caudate, putamen, pallidum, thalamus
@@ -211,15 +205,6 @@ def _load_template(folder: str) -> _Template:
 # --------------------------------------------------------------------------------------------------------------
 # Small geometry helpers
 # --------------------------------------------------------------------------------------------------------------
-
-
-def orientation_direction(code: str) -> np.ndarray:
-    """Return the 3x3 direction matrix (columns = index axes in LPS) of a DICOM orientation code such as "RAS"."""
-    code = code.upper()
-    groups = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
-    if len(code) != 3 or any(c not in groups for c in code) or len({groups[c] for c in code}) != 3:
-        raise ValueError(f"invalid orientation code {code!r}")
-    return np.array([_LETTER_VECTORS[c] for c in code], dtype=np.float64).T
 
 
 def _rotation_from_axis_angle(axis: np.ndarray, angle_rad: float) -> np.ndarray:
