@@ -144,6 +144,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_written_files_are_readable_by_others(tmp_path):
+    target = write_image(make_volume(), tmp_path / "out.nii.gz")
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
 def test_write_refuses_existing_without_overwrite(tmp_path):
     target = tmp_path / "out.nii.gz"
     write_image(make_volume(), target)

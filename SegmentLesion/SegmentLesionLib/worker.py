@@ -152,6 +152,7 @@ def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | No
                 seconds=round(time.perf_counter() - start, 3),
             )
         finally:
+            result = None  # a finished job's volumes must not stay in memory while the next one runs
             with cancel_lock:
                 cancelled.discard(job_id)
 

@@ -1,0 +1,316 @@
+"""Segmentation jobs in the persistent worker process, seen from Slicer's side (no torch, no Qt, no MRML).
+
+``SegmentationWorker`` keeps one ``worker.WorkerClient`` alive for the chosen model folder and device
+(the model is loaded once, then serves every volume), restarts it when the choice changes or the process
+died, and turns the worker's JSON events into ``JobEvent``s about ``SegmentationJob``s. Everything is
+non-blocking: the Slicer panel calls ``poll()`` from a timer, so Slicer's UI thread never waits.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .modelspec import LabelInfo
+from .worker import PACKAGE_PARENT, WorkerClient
+
+logger = logging.getLogger("SegmentLesion")
+
+
+class JobState(enum.Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        """True once the job can no longer change."""
+        return self in (JobState.DONE, JobState.CANCELLED, JobState.FAILED)
+
+
+@dataclass
+class SegmentationJob:
+    """One volume sent to the worker, with its files in a private temporary folder."""
+
+    id: str
+    volume_node_id: str
+    folder: Path
+    options: dict[str, Any]
+    state: JobState = JobState.QUEUED
+    done: int = 0
+    total: int = 0
+    stage: str = "waiting for the model"
+    message: str = ""
+    segmentation_node_id: Optional[str] = None
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+
+    @property
+    def input_path(self) -> Path:
+        return self.folder / "input.nrrd"
+
+    @property
+    def output_path(self) -> Path:
+        return self.folder / "labels.nrrd"
+
+    @property
+    def probability_path(self) -> Path:
+        return self.folder / "probability.nrrd"
+
+    @property
+    def report_path(self) -> Path:
+        return self.folder / "labels.lesions.json"
+
+    def report(self) -> dict[str, Any]:
+        """The worker's lesion report (empty dict when it is missing)."""
+        try:
+            return json.loads(self.report_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def fraction(self) -> float:
+        """Progress in [0, 1] within the current stage."""
+        return self.done / self.total if self.total else 0.0
+
+
+@dataclass
+class JobEvent:
+    """Something the panel should react to: ``ready``, ``progress``, ``done``, ``cancelled`` or ``error``."""
+
+    kind: str
+    job: Optional[SegmentationJob] = None
+    message: str = ""
+
+
+@dataclass
+class WorkerInfo:
+    """What the worker said when its model was loaded."""
+
+    model: dict[str, Any]
+    device: str
+    labels: list[LabelInfo]
+
+
+class SegmentationWorker:
+    """A persistent worker process for one (model folder, device) pair, and the jobs sent to it.
+
+    Args:
+        python: the Python executable the worker runs with (in Slicer: ``PythonSlicer``).
+        temp_root: where job folders are created (default: the system's temporary folder).
+    """
+
+    def __init__(self, python: str | None = None, temp_root: str | Path | None = None) -> None:
+        self.python = python
+        self.temp_root = Path(temp_root) if temp_root else None
+        self.client: WorkerClient | None = None
+        self.key: tuple[str, str] | None = None
+        self.info: WorkerInfo | None = None
+        self.jobs: dict[str, SegmentationJob] = {}
+
+    # -- process
+    def ensure(self, model_dir: str | Path | None, device: str) -> WorkerClient:
+        """The running worker for this model and device, started (or restarted) when needed."""
+        key = (str(Path(model_dir).resolve()) if model_dir else "", device)
+        if self.client is not None and (self.key != key or not self.client.running):
+            self.stop()
+        if self.client is None:
+            self.client = WorkerClient(key[0] or None, device, python=self.python)
+            self.key = key
+            self.info = None
+        return self.client
+
+    def stop(self) -> None:
+        """Stop the worker process; unfinished jobs are cancelled and their files removed."""
+        for job in self.jobs.values():
+            if not job.state.finished:
+                job.state = JobState.CANCELLED
+            self._discard(job)
+        self.jobs.clear()
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+        self.key = None
+        self.info = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a job is queued or running."""
+        return any(not job.state.finished for job in self.jobs.values())
+
+    # -- jobs
+    def new_job(self, volume_node_id: str, options: dict[str, Any] | None = None) -> SegmentationJob:
+        """A job with its own temporary folder (the caller writes ``job.input_path`` before ``submit``)."""
+        folder = Path(tempfile.mkdtemp(prefix="SegmentLesion-", dir=self.temp_root))
+        return SegmentationJob(id="", volume_node_id=volume_node_id, folder=folder, options=dict(options or {}))
+
+    def submit(self, job: SegmentationJob, model_dir: str | Path | None, device: str) -> SegmentationJob:
+        """Send a job (its input file written) to the worker for this model and device."""
+        client = self.ensure(model_dir, device)
+        job.id = client.segment(str(job.input_path), str(job.output_path), str(job.probability_path), job.options)
+        job.started = time.monotonic()
+        self.jobs[job.id] = job
+        return job
+
+    def cancel(self, job: SegmentationJob) -> None:
+        """Stop a job: it is marked cancelled at once, and whatever the worker still sends for it is ignored."""
+        if job.state.finished:
+            return
+        job.state = JobState.CANCELLED
+        job.message = "cancelled"
+        if self.client is not None and self.client.running:
+            try:
+                self.client.cancel(job.id)
+            except (OSError, RuntimeError, ValueError):  # the worker died meanwhile: nothing left to stop
+                pass
+
+    def poll(self) -> list[JobEvent]:
+        """Events that arrived since the last call (non-blocking)."""
+        if self.client is None:
+            return []
+        events: list[JobEvent] = []
+        for raw in self.client.poll():
+            events.extend(self._translate(raw))
+        return events
+
+    def finish(self, job: SegmentationJob) -> None:
+        """Forget a finished job and remove its temporary files."""
+        self.jobs.pop(job.id, None)
+        self._discard(job)
+
+    def _discard(self, job: SegmentationJob) -> None:
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def _translate(self, raw: dict[str, Any]) -> list[JobEvent]:
+        kind = raw.get("event")
+        job = self.jobs.get(str(raw.get("id"))) if raw.get("id") is not None else None
+        if kind == "ready":
+            labels = [
+                LabelInfo(int(item["value"]), str(item["name"]), list(item["color"]), dict(item["terminology"]))
+                for item in raw.get("labels", [])
+            ]
+            self.info = WorkerInfo(raw.get("model", {}), str(raw.get("device", "")), labels)
+            return [JobEvent("ready", None, f"{self.info.model.get('name', 'model')} on {self.info.device}")]
+        if kind == "progress" and job is not None and not job.state.finished:
+            job.state = JobState.RUNNING
+            job.done, job.total, job.stage = int(raw.get("done", 0)), int(raw.get("total", 0)), str(raw.get("stage", ""))
+            return [JobEvent("progress", job)]
+        if kind == "done" and job is not None:
+            if job.state.finished:  # cancelled meanwhile: the result is not wanted
+                self.finish(job)
+                return []
+            job.state = JobState.DONE
+            job.seconds = float(raw.get("seconds", time.monotonic() - job.started))
+            return [JobEvent("done", job)]
+        if kind == "cancelled" and job is not None:
+            # A job the user cancelled was reported then; only a cancel from elsewhere is news.
+            reported = not job.state.finished
+            job.state = JobState.CANCELLED
+            self.finish(job)
+            return [JobEvent("cancelled", job, "cancelled")] if reported else []
+        if kind == "error":
+            return self._fail([job] if job is not None else self._pending(), str(raw.get("message", "segmentation failed")))
+        if kind == "exit":
+            stderr = "\n".join(self.client.stderr_lines[-5:]) if self.client is not None else ""
+            message = f"the segmentation worker stopped unexpectedly (exit code {raw.get('returncode')})"
+            if stderr:
+                logger.error("segmentation worker output:\n%s", stderr)
+            return self._fail(self._pending(), message)
+        return []
+
+    def _pending(self) -> list[SegmentationJob]:
+        return [job for job in self.jobs.values() if not job.state.finished]
+
+    def _fail(self, jobs: list[SegmentationJob], message: str) -> list[JobEvent]:
+        """Mark jobs failed; one event per job that had not finished (a job reports one error, not two)."""
+        events = []
+        for job in jobs:
+            if job.state.finished:
+                self.finish(job)
+                continue
+            job.state = JobState.FAILED
+            job.message = message
+            self.finish(job)
+            events.append(JobEvent("error", job, message))
+        if not jobs and message:
+            logger.error("segmentation worker: %s", message)
+        return events
+
+
+class TrainingJob:
+    """``segment-lesion train`` in a background process, its JSON-lines progress read by a thread.
+
+    Events (``poll()``): ``progress`` (epoch, max_epochs, loss, val_dice...), ``done`` (model, best_dice...),
+    ``cancelled`` and ``error`` (message), as ``training.run_train`` sends them, and ``exit`` (returncode).
+
+    Args:
+        command: the command line, e.g. ``training.command_line(settings, python)`` with ``progress_json="-"``.
+    """
+
+    def __init__(self, command: list[str]) -> None:
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH", "")]))
+        environment["PYTHONUNBUFFERED"] = "1"
+        self.command = command
+        self.events: queue.Queue = queue.Queue()
+        self.stderr_lines: list[str] = []
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=environment
+        )
+        self.finished = False
+        threading.Thread(target=self._read_events, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_events(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self.events.put(event)
+        self.events.put({"event": "exit", "returncode": self.process.wait()})
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr_lines.append(line.rstrip())
+            del self.stderr_lines[:-200]
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Events received so far (non-blocking)."""
+        events = []
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return events
+            if event.get("event") == "exit":
+                self.finished = True
+            events.append(event)
+
+    def cancel(self) -> None:
+        """Ask training to stop (SIGTERM: the run keeps its checkpoint and can be resumed)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    @property
+    def running(self) -> bool:
+        """Whether the training process is alive."""
+        return self.process.poll() is None

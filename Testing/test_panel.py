@@ -1,0 +1,473 @@
+"""The module panel offscreen: the real .ui (PySide6's QUiLoader), the real logic, scene and worker process.
+
+Only Slicer's own widgets get stand-ins (a few lines each, no behaviour beyond what the panel calls); the
+buttons are clicked as a user would and the Qt event loop runs the panel's timers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+QtCore = pytest.importorskip("PySide6.QtCore")
+QtWidgets = pytest.importorskip("PySide6.QtWidgets")
+QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+
+from conftest import make_model  # noqa: E402
+from SegmentLesionLib import mrml  # noqa: E402
+from SegmentLesionLib.panel import MODEL_FOLDERS_KEY, SegmentLesionPanel, prop  # noqa: E402
+
+UI_FILE = Path(__file__).resolve().parent.parent / "SegmentLesion" / "Resources" / "UI" / "SegmentLesion.ui"
+
+
+# --- stand-ins for Slicer's own widgets ---------------------------------------------------------------------
+class qMRMLNodeComboBox(QtWidgets.QComboBox):  # noqa: N801 (Slicer's class name)
+    """The scene's visible scalar volumes (not labelmaps), by name."""
+
+    currentNodeChanged = QtCore.Signal(object)
+
+    def setMRMLScene(self, scene):  # noqa: N802
+        self.scene = scene
+        self.clear()
+        nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetHideFromEditors():
+                self.addItem(node.GetName(), node.GetID())
+
+    def currentNode(self):  # noqa: N802
+        node_id = self.currentData()
+        return self.scene.GetNodeByID(node_id) if node_id else None
+
+    def setCurrentNode(self, node):  # noqa: N802
+        self.setMRMLScene(self.scene)
+        self.setCurrentIndex(self.findData(node.GetID()))
+
+
+class ctkCollapsibleButton(QtWidgets.QWidget):  # noqa: N801
+    pass
+
+
+class ctkSliderWidget(QtWidgets.QDoubleSpinBox):  # noqa: N801
+    pass
+
+
+class ctkPathLineEdit(QtWidgets.QLineEdit):  # noqa: N801
+    currentPathChanged = QtCore.Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.textChanged.connect(self.currentPathChanged.emit)
+
+    def currentPath(self):  # noqa: N802
+        return self.text()
+
+    def setCurrentPath(self, path):  # noqa: N802
+        self.setText(path)
+
+
+class qMRMLSegmentEditorWidget(QtWidgets.QWidget):  # noqa: N801
+    """Records what the panel hands to the Segment Editor."""
+
+    def setMRMLScene(self, scene):  # noqa: N802
+        self.scene = scene
+
+    def setMRMLSegmentEditorNode(self, node):  # noqa: N802
+        self.editor_node = node
+
+    def setSegmentationNode(self, node):  # noqa: N802
+        self.segmentation_node = node
+
+    def setSourceVolumeNode(self, node):  # noqa: N802
+        self.source_volume = node
+
+
+STAND_INS = (qMRMLNodeComboBox, ctkCollapsibleButton, ctkSliderWidget, ctkPathLineEdit, qMRMLSegmentEditorWidget)
+
+
+def load_ui(scene):
+    """The real .ui, loaded the way Slicer's ``loadUI`` + ``childWidgetVariables`` do."""
+    loader = QtUiTools.QUiLoader()
+    for stand_in in STAND_INS:
+        loader.registerCustomWidget(stand_in)
+    widget = loader.load(str(UI_FILE))
+    assert widget is not None, loader.errorString()
+    ui = SimpleNamespace(**{child.objectName(): child for child in widget.findChildren(QtCore.QObject) if child.objectName()})
+    ui.root = widget
+    ui.inputSelector.setMRMLScene(scene)
+    ui.segmentEditorWidget.setMRMLScene(scene)
+    return ui
+
+
+class Dialogs:
+    """What the user sees and answers: messages shown by the error context, questions asked."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+        self.questions: list[str] = []
+        self.answer = True
+
+    @contextlib.contextmanager
+    def error_context(self, message):
+        # As slicer.util.tryWithErrorDisplay: show "message + reason", then re-raise.
+        try:
+            yield
+        except Exception as exc:
+            self.messages.append(f"{message}\n\n{exc}")
+            raise
+
+    def ask(self, question):
+        self.questions.append(question)
+        return self.answer
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+@pytest.fixture(scope="module")
+def logic():
+    logic = mrml.LesionSegmentationLogic(slicer.vtkMRMLScene())
+    yield logic
+    logic.close()
+
+
+@pytest.fixture
+def make_panel(app, logic, model_3d, tmp_path):
+    panels = []
+
+    def build(default_model_dir=model_3d):
+        ui = load_ui(logic.scene)
+        dialogs = Dialogs()
+        settings = QtCore.QSettings(str(tmp_path / f"settings{len(panels)}.ini"), QtCore.QSettings.IniFormat)
+        panel = SegmentLesionPanel(
+            ui,
+            SimpleNamespace(QTimer=QtCore.QTimer, QTableWidgetItem=QtWidgets.QTableWidgetItem),
+            logic,
+            error_context=dialogs.error_context,
+            ask=dialogs.ask,
+            choose_folder=lambda title: "",
+            settings=settings,
+            default_model_dir=default_model_dir,
+        )
+        panel.dialogs = dialogs
+        panels.append(panel)
+        return panel
+
+    yield build
+    for panel in panels:
+        panel.cleanup()
+
+
+def run_until(app, condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the panel"
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def add_volume(scene, tmp_path, name, shape=(20, 24, 28)):
+    image = sitk.GetImageFromArray(np.random.default_rng(1).normal(100, 10, shape).astype(np.float32))
+    image.SetSpacing((1.0, 1.2, 1.5))
+    sitk.WriteImage(image, str(tmp_path / f"{name}.nrrd"))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(tmp_path / f"{name}.nrrd"))
+    assert storage.ReadData(node)
+    return node, image
+
+
+def threshold_with_lesions(model_dir, image) -> float:
+    """Random weights: a threshold (on the panel's 0.05 grid) that leaves a few percent of voxels as lesion."""
+    from SegmentLesionLib.inference import Segmenter
+
+    probability = sitk.GetArrayFromImage(Segmenter(model_dir, "cpu").segment(image).probability)
+    return float(np.clip(np.floor(np.percentile(probability, 97) * 20) / 20, 0.05, 0.95))
+
+
+def node_ids(scene):
+    return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
+
+
+def click(app, button):
+    button.click()
+    app.processEvents()
+
+
+def test_the_real_ui_loads_with_its_sections(make_panel):
+    panel = make_panel()
+    ui = panel.ui
+    assert ui.optionsCollapsibleButton.property("collapsed") is True
+    assert ui.inputsCollapsibleButton.property("collapsed") in (None, False)
+    assert prop(ui.segmentButton, "text") == "Segment" and not ui.progressBar.isVisibleTo(ui.root)
+    headers = [ui.lesionTable.horizontalHeaderItem(column).text() for column in range(ui.lesionTable.columnCount())]
+    assert headers == ["Lesion", "Volume (mL)", "Longest diameter (mm)", "Mean probability"]
+    assert [ui.deviceComboBox.itemData(index) for index in range(ui.deviceComboBox.count())] == ["auto", "cuda", "cpu"]
+    assert ui.modelComboBox.itemText(0) == "TinyTestModel 0.0.1 (default)" and panel.model_folder() == ""
+    assert ui.inputSelector.property("SlicerParameterName") == "inputVolume"
+    assert ui.thresholdSliderWidget.property("SlicerParameterName") == "threshold"
+    assert ui.segmentEditorWidget.editor_node is panel.logic.segment_editor_node()
+    assert "not for clinical use" in prop(ui.modelInfoLabel, "text")
+
+
+def test_segment_fills_the_table_and_the_editor_follows(app, make_panel, logic, model_3d, tmp_path):
+    volume, image = add_volume(logic.scene, tmp_path, "case")
+    slice_logic = slicer.vtkMRMLSliceLogic()
+    slice_logic.SetMRMLScene(logic.scene)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(logic.scene, True)
+    red = slice_logic.AddSliceNode("Red")
+    panel = make_panel()
+    ui = panel.ui
+    ui.inputSelector.setCurrentNode(volume)
+    ui.thresholdSliderWidget.setValue(threshold_with_lesions(model_3d, image))
+    ui.minimumSizeSpinBox.setValue(0.0)
+
+    click(app, ui.segmentButton)
+    assert prop(ui.segmentButton, "text") == "Cancel" and ui.progressBar.isVisibleTo(ui.root)
+    run_until(app, lambda: not panel.running)
+    assert panel.dialogs.messages == []
+    assert prop(ui.segmentButton, "text") == "Segment"
+
+    node = logic.result_for(volume)
+    assert node is not None and panel.segmentation_node is node
+    expected = logic.lesion_table(node)
+    assert len(expected) > 0 and ui.lesionTable.rowCount() == len(expected)
+    for row, lesion in enumerate(expected):
+        cells = [ui.lesionTable.item(row, column).text() for column in range(4)]
+        assert cells == [
+            str(lesion["id"]),
+            f"{lesion['volume_ml']:.3f}",
+            f"{lesion['max_diameter_mm']:.1f}",
+            f"{lesion['mean_probability']:.2f}",
+        ]
+    assert f"Found {len(expected)} lesion(s)" in prop(ui.statusLabel, "text")
+    assert ui.segmentEditorWidget.segmentation_node is node and ui.segmentEditorWidget.source_volume is volume
+    assert logic.settings(node)["threshold"] == pytest.approx(prop(ui.thresholdSliderWidget, "value"))
+
+    # Clicking a row centres the slice views on that lesion.
+    panel.on_lesion_clicked(0)
+    ui.lesionTable.cellClicked.emit(len(expected) - 1, 0)
+    assert np.allclose(mrml.matrix_to_numpy(red.GetSliceToRAS())[:3, 3], expected[-1]["centroid_ras"], atol=1e-6)
+
+    # Erasing every voxel (as the Segment Editor would) empties the table after the debounce.
+    empty = slicer.vtkOrientedImageData()
+    empty.SetExtent(volume.GetImageData().GetExtent())
+    empty.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    mrml.image_array(empty)[:] = 0
+    empty.SetImageToWorldMatrix(mrml.numpy_to_matrix(mrml.ijk_to_ras(volume)))
+    logic.segmentations_logic.SetBinaryLabelmapToSegment(
+        empty, node, "Segment_1", logic.segmentations_logic.MODE_REPLACE, empty.GetExtent()
+    )
+    run_until(app, lambda: ui.lesionTable.rowCount() == 0, timeout=10)
+    assert prop(ui.lesionSummaryLabel, "text") == "0 lesion(s), total 0.00 mL"
+
+    # Segmenting again asks before replacing the edits; "no" leaves everything as it is.
+    panel.dialogs.answer = False
+    click(app, ui.segmentButton)
+    assert len(panel.dialogs.questions) == 1 and "has edits" in panel.dialogs.questions[0]
+    assert not panel.running and "Kept your edits" in prop(ui.statusLabel, "text")
+    assert logic.result_for(volume) is node and logic.has_edits(node)
+
+
+def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
+    volume, _ = add_volume(logic.scene, tmp_path, "exported")
+    labels = np.zeros((20, 24, 28), np.uint8)
+    labels[5:9, 6:10, 7:12] = 1
+    reference = sitk.ReadImage(str(tmp_path / "exported.nrrd"))
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(reference)
+    sitk.WriteImage(label_image, str(tmp_path / "labels.nrrd"))
+    from SegmentLesionLib.modelspec import load_spec
+
+    panel = make_panel()
+    spec = load_spec(panel.default_model_dir)
+    node = logic.import_result(volume, tmp_path / "labels.nrrd", spec.labels, model=spec.summary(), show_3d=False)
+    panel.show_result(node)
+    ui = panel.ui
+    assert ui.exportButton.isEnabled() and prop(ui.caseIdLineEdit, "text").startswith("case_")
+    dataset = tmp_path / "dataset"
+    ui.datasetPathLineEdit.setCurrentPath(str(dataset))
+    ui.caseIdLineEdit.setText("case_panel1")
+    click(app, ui.exportButton)
+    assert panel.dialogs.messages == []
+    assert (dataset / "imagesTr" / "case_panel1_0000.nii.gz").is_file()
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "case_panel1.nii.gz")))
+    assert np.array_equal(exported, labels)
+    assert (dataset / "labelsAI" / "case_panel1.nii.gz").is_file()
+    assert "1 case" in prop(ui.caseCountLabel, "text") and prop(ui.caseIdLineEdit, "text") != "case_panel1"
+
+    # The same case ID again is refused with one message, and nothing changes.
+    ui.caseIdLineEdit.setText("case_panel1")
+    click(app, ui.exportButton)
+    assert len(panel.dialogs.messages) == 1 and panel.dialogs.messages[0].startswith("Export failed: nothing was written.")
+
+    # Retrain starts `segment-lesion train` on the dataset in a background process; the button stops it.
+    panel.dialogs.messages.clear()
+    assert ui.retrainButton.isEnabled()
+    click(app, ui.retrainButton)
+    assert panel.dialogs.messages == [] and panel.training is not None and panel.training.running
+    assert "--dataset" in panel.training.command and str(dataset) in panel.training.command
+    assert prop(ui.retrainButton, "text") == "Stop training"
+    click(app, ui.retrainButton)
+    run_until(app, lambda: panel.training is None, timeout=30)
+    assert prop(ui.retrainButton, "text") == "Retrain model on dataset"
+    assert "stopped" in prop(ui.retrainStatusLabel, "text").lower()
+    assert ui.modelComboBox.count() == 1, "a stopped run adds no model"
+
+
+def test_retrain_needs_an_exported_dataset(app, make_panel, tmp_path):
+    panel = make_panel()
+    panel.ui.datasetPathLineEdit.setCurrentPath(str(tmp_path / "empty"))
+    click(app, panel.ui.retrainButton)
+    assert panel.dialogs.messages == ["Retraining could not start.\n\nExport at least one case to a dataset folder first."]
+    assert panel.training is None
+
+
+def test_cancel_restores_the_button_and_leaves_the_scene(app, make_panel, logic, tmp_path):
+    volume, _ = add_volume(logic.scene, tmp_path, "big", shape=(96, 96, 96))
+    panel = make_panel()
+    ui = panel.ui
+    ui.inputSelector.setCurrentNode(volume)
+    before = node_ids(logic.scene)
+    click(app, ui.segmentButton)
+    assert prop(ui.segmentButton, "text") == "Cancel"
+    click(app, ui.segmentButton)
+    assert prop(ui.segmentButton, "text") == "Segment" and not ui.progressBar.isVisibleTo(ui.root)
+    assert ui.inputSelector.isEnabled() and "Cancelled" in prop(ui.statusLabel, "text")
+    run_until(app, lambda: not logic.worker.busy)
+    for _ in range(10):  # whatever the worker still sends is ignored
+        app.processEvents()
+        time.sleep(0.02)
+    assert node_ids(logic.scene) == before and logic.result_for(volume) is None
+    assert panel.dialogs.messages == [] and ui.lesionTable.rowCount() == 0
+
+
+def test_errors_show_one_message_each(app, make_panel, logic, tmp_path):
+    panel = make_panel()
+    ui = panel.ui
+    ui.inputSelector.setMRMLScene(slicer.vtkMRMLScene())  # no volume to choose
+    click(app, ui.segmentButton)
+    assert panel.dialogs.messages == ["Segmentation could not start.\n\nSelect an input volume first."]
+
+    panel.dialogs.messages.clear()
+    panel.add_model_folder(str(tmp_path))  # not a model folder
+    assert len(panel.dialogs.messages) == 1 and "metadata.json: missing" in panel.dialogs.messages[0]
+    assert panel.settings.value(MODEL_FOLDERS_KEY, "[]") == "[]"
+
+
+def test_a_failing_model_shows_one_message(app, make_panel, logic, tmp_path):
+    broken = make_model(tmp_path / "broken")
+    (broken / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    volume, _ = add_volume(logic.scene, tmp_path, "other")
+    panel = make_panel()
+    ui = panel.ui
+    panel.add_model_folder(str(broken))
+    assert panel.model_folder() == str(broken.resolve()) and panel.dialogs.messages == []
+    ui.inputSelector.setCurrentNode(volume)
+    before = node_ids(logic.scene)
+    click(app, ui.segmentButton)
+    run_until(app, lambda: not panel.running)
+    run_until(app, lambda: not logic.worker.client.running, timeout=30)
+    for _ in range(10):  # the worker's exit after its error must not bring a second message
+        panel.poll()
+        time.sleep(0.02)
+    assert len(panel.dialogs.messages) == 1
+    assert (
+        panel.dialogs.messages[0].startswith("Segmentation failed.\n\n")
+        and "cannot be loaded safely as weights" in panel.dialogs.messages[0]
+    )
+    assert prop(ui.segmentButton, "text") == "Segment" and node_ids(logic.scene) == before
+
+
+# --- the files Slicer builds the module from -----------------------------------------------------------------
+MODULE_DIR = UI_FILE.parent.parent.parent
+
+
+def ui_parameter_names() -> dict[str, str]:
+    """Widget name -> SlicerParameterName, read from the .ui XML."""
+    import xml.etree.ElementTree as ElementTree
+
+    names = {}
+    for widget in ElementTree.parse(UI_FILE).iter("widget"):
+        for item in widget.findall("property"):
+            if item.get("name") == "SlicerParameterName":
+                names[widget.get("name")] = item.find("string").text
+    return names
+
+
+def test_ui_parameter_names_are_parameter_node_fields():
+    import ast
+
+    tree = ast.parse((MODULE_DIR / "SegmentLesion.py").read_text(encoding="utf-8"))
+    node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegmentLesionParameterNode")
+    fields = {statement.target.id for statement in node_class.body if isinstance(statement, ast.AnnAssign)}
+    bound = ui_parameter_names()
+    assert bound == {
+        "inputSelector": "inputVolume",
+        "thresholdSliderWidget": "threshold",
+        "minimumSizeSpinBox": "minimumLesionSize",
+        "ttaCheckBox": "tta",
+    }
+    assert set(bound.values()) <= fields
+
+
+def test_cmake_lists_every_python_file_and_resource():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    listed = {line.strip().replace("${MODULE_NAME}", "SegmentLesion") for line in cmake.splitlines()}
+    missing = [
+        f"SegmentLesionLib/{path.name}"
+        for path in sorted((MODULE_DIR / "SegmentLesionLib").glob("*.py"))
+        if f"SegmentLesionLib/{path.name}" not in listed
+    ]
+    assert not missing, f"add to SegmentLesion/CMakeLists.txt (MODULE_PYTHON_SCRIPTS): {missing}"
+    assert "SegmentLesion.py" in listed
+    for resource in ("Resources/Icons/SegmentLesion.png", "Resources/UI/SegmentLesion.ui"):
+        assert resource in listed and (MODULE_DIR / resource).is_file()
+    assert "Resources/Models/*" in cmake and "Resources/SampleData/*" in cmake
+    top = (MODULE_DIR.parent / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "project(SegmentLesion)" in top and 'set(EXTENSION_DEPENDS "PyTorch")' in top and "add_subdirectory(SegmentLesion)" in top
+    assert (MODULE_DIR.parent / "Resources" / "Icons" / "SegmentLesion.png").is_file()
+
+
+def test_dependency_check_finds_what_is_missing_and_pins_what_is_kept():
+    from SegmentLesionLib import dependencies
+
+    assert dependencies.missing_requirements(["numpy", "numpy>=1.0", "numpy>=999", "no-such-package-segment-lesion"]) == [
+        "numpy>=999",
+        "no-such-package-segment-lesion",
+    ]
+    pins = dependencies.constraints(["numpy", "SimpleITK", "no-such-package-segment-lesion"]).split()
+    assert pins == [f"numpy=={np.__version__}", f"SimpleITK=={dependencies.installed_version('SimpleITK')}"]
+    assert not {"numpy", "SimpleITK", "vtk", "torch"} & {requirement.split(">")[0] for requirement in dependencies.REQUIREMENTS}
+
+
+def test_a_restored_result_is_shown_and_other_nodes_are_not(app, make_panel, logic, tmp_path):
+    """The parameter node hands back the result under review after a scene reload: table and editor follow it."""
+    volume, image = add_volume(logic.scene, tmp_path, "restored")
+    labels = np.zeros((20, 24, 28), np.uint8)
+    labels[2:4, 3:5, 4:6] = 1
+    labels[10:15, 10:15, 10:15] = 1
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(sitk.ReadImage(str(tmp_path / "restored.nrrd")))
+    sitk.WriteImage(label_image, str(tmp_path / "restored_labels.nrrd"))
+    from SegmentLesionLib.modelspec import LabelInfo
+
+    node = logic.import_result(volume, tmp_path / "restored_labels.nrrd", [LabelInfo(1, "lesion", [1, 0, 0])], show_3d=False)
+    panel = make_panel()
+    panel.set_segmentation(node)
+    assert panel.ui.lesionTable.rowCount() == 2 and panel.ui.segmentEditorWidget.segmentation_node is node
+    assert [panel.ui.lesionTable.item(row, 1).text() for row in range(2)] == [f"{125 * 1.8 / 1000:.3f}", f"{8 * 1.8 / 1000:.3f}"]
+    panel.set_segmentation(logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "someone else's"))
+    assert panel.ui.lesionTable.rowCount() == 0 and prop(panel.ui.lesionSummaryLabel, "text") == "No segmentation yet."
