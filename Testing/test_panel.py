@@ -160,6 +160,7 @@ def make_panel(app, logic, model_3d, tmp_path):
             choose_folder=lambda title: "",
             settings=settings,
             default_model_dir=default_model_dir,
+            registry=tmp_path / f"registry{len(panels)}",
         )
         panel.dialogs = dialogs
         panels.append(panel)
@@ -325,6 +326,64 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
     assert prop(ui.retrainButton, "text") == "Retrain model on dataset"
     assert "stopped" in prop(ui.retrainStatusLabel, "text").lower()
     assert ui.modelComboBox.count() == 1, "a stopped run adds no model"
+
+
+@pytest.mark.slow  # a training run and five more background processes (about 1.5 min on 2 shared cores)
+def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, blob_model, tmp_path):
+    from SegmentLesionLib.panel import EVALUATION_FOLDER_KEY, NOT_HELD_OUT_NOTE
+    from SegmentLesionLib.registry import Registry
+    from test_evaluation import write_blob_dataset
+
+    train = write_blob_dataset(tmp_path / "Dataset001_Train", seeds=(21, 22))
+    held_out = write_blob_dataset(tmp_path / "Dataset002_Eval", seeds=(11, 12))
+    # The panel's model never predicts a lesion (threshold above any probability): its mean Dice is exactly 0,
+    # so whatever the one-epoch model scores, it is at least as good and Promote must be offered.
+    blind = make_model(tmp_path / "blind", seed=1, threshold=2.0)
+    panel = make_panel(default_model_dir=blind)
+    ui = panel.ui
+    ui.datasetPathLineEdit.setCurrentPath(str(train))
+    assert prop(ui.evaluationNoteLabel, "text") == NOT_HELD_OUT_NOTE  # empty field: the training data itself
+    ui.evaluationPathLineEdit.setCurrentPath(str(held_out))
+    assert prop(ui.evaluationNoteLabel, "text") == "" and panel.settings.value(EVALUATION_FOLDER_KEY) == str(held_out)
+    assert not ui.promoteButton.isEnabled()
+
+    panel.train_options = {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1, "augment": False, "threads": 1}
+    click(app, ui.retrainButton)
+    assert panel.training is not None
+    run_until(app, lambda: panel.training is None and panel.comparing is None, timeout=300)
+    assert panel.dialogs.messages == [], panel.dialogs.messages
+    text = prop(ui.comparisonLabel, "text")
+    registry = Registry(panel.registry_path)
+    # The empty registry got the model it was trained from as the active version, then the new one.
+    assert [entry["id"] for entry in registry.entries()] == ["v1", "v2"] and registry.active()["id"] == "v1"
+    expected = registry.compare("v2", held_out, "cpu")  # both evaluations are cached: the panel's numbers
+    assert expected["candidate"]["mean"]["dice"] is not None and expected["active"]["dice"] == 0.0
+    old_line = next(line for line in text.splitlines() if line.startswith("Old (v1"))
+    new_line = next(line for line in text.splitlines() if line.startswith("New (v2"))
+    for line, side in ((old_line, expected["active"]), (new_line, expected["candidate"])):
+        assert f"mean Dice {side['dice']:.3f}" in line
+        assert f"lesion sensitivity {side['mean']['lesion_sensitivity']:.2f}" in line
+        assert f"false-positive lesions per case {side['mean']['false_positive_lesions_per_case']:.2f}" in line
+    assert "Dataset002_Eval" in text and NOT_HELD_OUT_NOTE not in text
+    assert expected["at_least_as_good"] and ui.promoteButton.isEnabled()
+
+    click(app, ui.promoteButton)
+    assert panel.dialogs.messages == []
+    assert registry.active()["id"] == "v2" and registry.history()[-1]["event"] == "promote"
+    assert panel.candidate_dir.parent == train / "models" and panel.model_folder() == str(panel.candidate_dir)
+    assert "Promoted: v2" in prop(ui.comparisonLabel, "text") and not ui.promoteButton.isEnabled()
+
+    # Against a registry whose active model finds the blobs, the same new model scores lower: no Promote, and why.
+    panel.registry_path = tmp_path / "registry_blob"
+    Registry(panel.registry_path).add(blob_model)
+    panel.compare_with_active(panel.candidate_dir)
+    run_until(app, lambda: panel.comparing is None, timeout=300)
+    assert panel.dialogs.messages == []
+    worse = Registry(panel.registry_path).compare("v2", held_out, "cpu")
+    assert not worse["at_least_as_good"] and worse["active"]["dice"] > worse["candidate"]["dice"]
+    text = prop(ui.comparisonLabel, "text")
+    assert "Not offered for promotion" in text and f"({worse['active']['dice']:.3f})" in text
+    assert not ui.promoteButton.isEnabled() and Registry(panel.registry_path).active()["id"] == "v1"
 
 
 def test_retrain_needs_an_exported_dataset(app, make_panel, tmp_path):

@@ -17,17 +17,21 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
 from .errors import InputError, ModelError, SegmentLesionError
 from .jobs import JobEvent, SegmentationJob, TrainingJob
 from .modelspec import load_spec
+from .registry import Registry, default_registry_path
 
 logger = logging.getLogger("SegmentLesion")
 
 MODEL_FOLDERS_KEY = "SegmentLesion/ModelFolders"
 DATASET_FOLDER_KEY = "SegmentLesion/DatasetFolder"
+EVALUATION_FOLDER_KEY = "SegmentLesion/EvaluationFolder"
+NOT_HELD_OUT_NOTE = "(training data \u2014 not held out)"
 DEVICES = (("Auto (GPU when available)", "auto"), ("GPU", "cuda"), ("CPU", "cpu"))
 POLL_MS = 200
 TABLE_REFRESH_MS = 300
@@ -60,6 +64,11 @@ class SegmentLesionPanel:
         before_segment: called before each run; returning False stops it (Slicer: the dependency check).
         python: Python executable for background training (Slicer: ``PythonSlicer``).
         on_result: called with the result segmentation node after each run (Slicer: the parameter node).
+        registry: the model registry folder a retrained model is compared in and promoted to
+            (default: ``registry.default_registry_path()``).
+
+    Attributes:
+        train_options: extra ``training.TrainSettings`` fields for Retrain (e.g. ``max_epochs``).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class SegmentLesionPanel:
         before_segment: Callable[[], bool] | None = None,
         python: str | None = None,
         on_result: Callable[[Any], None] | None = None,
+        registry: str | os.PathLike | None = None,
     ) -> None:
         self.ui = ui
         self.qt = qt
@@ -97,6 +107,17 @@ class SegmentLesionPanel:
         self._populating = False
         self._training_reported = False
         self._training_stopping = False
+        self._training_parent: Optional[Path] = None
+        self._trained_model: Optional[Path] = None
+        self.train_options: dict[str, Any] = {}
+        self.registry_path = Path(registry) if registry else default_registry_path()
+        self.comparing: Optional[TrainingJob] = None
+        self.comparison: Optional[dict[str, Any]] = None
+        self.candidate_dir: Optional[Path] = None
+        self._compare_steps: list[tuple[str, str]] = []
+        self._compare_step = ""
+        self._compare_result: Optional[dict[str, Any]] = None
+        self._compare_dataset = ""
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
@@ -323,7 +344,8 @@ class SegmentLesionPanel:
             for event in self.logic.poll():
                 self._handle(event)
         self._poll_training()
-        if self.job is None and not self.logic.worker.busy and self.training is None:
+        self._poll_comparison()
+        if self.job is None and not self.logic.worker.busy and self.training is None and self.comparing is None:
             self.timer.stop()
 
     def _handle(self, event: JobEvent) -> None:
@@ -505,6 +527,12 @@ class SegmentLesionPanel:
         if not self.retrain_available:
             self.ui.retrainButton.setEnabled(False)
             self.ui.retrainStatusLabel.setText("Retraining is not available yet in this version.")
+        self.ui.promoteButton.setEnabled(False)
+        self.ui.evaluationPathLineEdit.setCurrentPath(str(self.settings.value(EVALUATION_FOLDER_KEY, "") or ""))
+        self.ui.evaluationPathLineEdit.currentPathChanged.connect(lambda *_: self._on_evaluation_changed())
+        self.ui.datasetPathLineEdit.currentPathChanged.connect(lambda *_: self._update_evaluation_note())
+        self.ui.promoteButton.clicked.connect(lambda *_: self.on_promote_clicked())
+        self._update_evaluation_note()
 
     def on_retrain_clicked(self) -> None:
         """Start retraining, or stop it."""
@@ -529,9 +557,13 @@ class SegmentLesionPanel:
                 device=self.device(),
                 progress_json="-",
             )
+            for name, value in self.train_options.items():
+                setattr(settings, name, value)
             self.training = TrainingJob(command_line(settings, self.python))
             self._training_reported = False
             self._training_stopping = False
+            self._training_parent = parent
+            self._trained_model = None
             self.ui.retrainButton.setText("Stop training")
             self.ui.retrainStatusLabel.setText("Training: loading the cases...")
             self.timer.start()
@@ -548,7 +580,8 @@ class SegmentLesionPanel:
                 label.setText(f"Training: epoch {event.get('epoch')}/{event.get('max_epochs')}{dice_text}")
             elif kind == "done":
                 self._training_reported = True
-                self._remember_model(str(event.get("model", self.training_output)))
+                self._trained_model = Path(str(event.get("model", self.training_output)))
+                self._remember_model(str(self._trained_model))
                 self._fill_models(select=self.model_folder())
                 dice = event.get("best_dice")
                 dice_text = f" (best validation Dice {dice:.3f})" if isinstance(dice, (int, float)) else ""
@@ -564,7 +597,153 @@ class SegmentLesionPanel:
                     label.setText(f"Training failed: {detail}")
                 self.training = None
                 self.ui.retrainButton.setText("Retrain model on dataset")
+                if self._trained_model is not None and not self._training_stopping:
+                    self.compare_with_active(self._trained_model, parent=self._training_parent)
                 return
+
+    # ------------------------------------------------------------------ old versus new, promote
+    def _evaluation_field(self) -> str:
+        return str(prop(self.ui.evaluationPathLineEdit, "currentPath") or "").strip()
+
+    def evaluation_dataset(self) -> str:
+        """The dataset both models are scored on: the Evaluation dataset field, else the export dataset."""
+        return self._evaluation_field() or self._dataset_folder()
+
+    def _evaluates_on_training_data(self) -> bool:
+        field, dataset = self._evaluation_field(), self._dataset_folder()
+        return not field or (bool(dataset) and Path(field).resolve() == Path(dataset).resolve())
+
+    def _on_evaluation_changed(self) -> None:
+        self.settings.setValue(EVALUATION_FOLDER_KEY, self._evaluation_field())
+        self._update_evaluation_note()
+
+    def _update_evaluation_note(self) -> None:
+        self.ui.evaluationNoteLabel.setText(NOT_HELD_OUT_NOTE if self._evaluates_on_training_data() else "")
+
+    def _models_command(self, *args: str) -> list[str]:
+        python = self.python or sys.executable
+        return [python, "-m", "SegmentLesionLib", "models", *args, "--registry", str(self.registry_path), "--json"]
+
+    def compare_with_active(self, model_dir: str | os.PathLike, parent: str | os.PathLike | None = None) -> None:
+        """Score a new model and the registry's active model on the evaluation dataset, in background processes.
+
+        The new model is added to the registry first; an empty registry first gets ``parent`` (the model it was
+        trained from) as its active version, so there is an old model to compare with. The result is shown
+        in the Retrain section, and Promote is offered when the registry's rule allows it.
+        """
+        if self.comparing is not None:
+            self.comparing.cancel()
+            self.comparing = None
+        self.comparison = None
+        self.ui.promoteButton.setEnabled(False)
+        self.ui.comparisonLabel.setText("")
+        with self.action("Cannot compare the new model with the active one."):
+            dataset = self.evaluation_dataset()
+            if not dataset or not (Path(dataset) / "dataset.json").is_file():
+                raise InputError("Choose an evaluation dataset (a folder with dataset.json) to compare the new model with the active one.")
+            model = Path(model_dir).resolve()
+            steps = []
+            if not Registry(self.registry_path).entries() and parent is not None and Path(parent).is_dir():
+                if Path(parent).resolve() != model:
+                    steps.append(("parent", str(Path(parent).resolve())))
+            steps.append(("candidate", str(model)))
+            self.candidate_dir = model
+            self._compare_dataset = dataset
+            self._compare_steps = steps
+            self.ui.comparisonLabel.setText(f"Comparing the new model with the active one on {Path(dataset).name}...")
+            self._next_comparison_step()
+            self.timer.start()
+
+    def _next_comparison_step(self) -> None:
+        step, value = self._compare_steps.pop(0)
+        if step == "compare":
+            command = self._models_command("compare", value, "--dataset", self._compare_dataset, "--device", self.device())
+        else:
+            command = self._models_command("add", value)
+        self._compare_step = step
+        self._compare_result = None
+        self.comparing = TrainingJob(command)
+
+    def _poll_comparison(self) -> None:
+        if self.comparing is None:
+            return
+        for event in self.comparing.poll():
+            if "event" not in event:
+                self._compare_result = event
+                continue
+            if event.get("event") != "exit":
+                continue
+            job, self.comparing = self.comparing, None
+            result = self._compare_result
+            if event.get("returncode") != 0 or result is None:
+                errors = [line for line in job.stderr_lines if line.startswith("error:")]
+                detail = errors[-1][len("error:") :].strip() if errors else (job.stderr_lines[-1] if job.stderr_lines else "")
+                self._compare_steps = []
+                self.ui.comparisonLabel.setText(f"Comparison failed: {detail or 'exit code ' + str(event.get('returncode'))}")
+                return
+            if self._compare_step == "candidate":
+                self._compare_steps.append(("compare", str(result["id"])))
+            elif self._compare_step == "compare":
+                self.show_comparison(result)
+                return
+            self._next_comparison_step()
+            return
+
+    @staticmethod
+    def _scores(role: str, side: dict[str, Any]) -> str:
+        mean = side.get("mean") or {}
+
+        def number(value: Any, digits: int) -> str:
+            return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+        return (
+            f"{role} ({side['id']}, {side.get('name')} {side.get('version')}): mean Dice {number(side.get('dice'), 3)}, "
+            f"lesion sensitivity {number(mean.get('lesion_sensitivity'), 2)}, "
+            f"false-positive lesions per case {number(mean.get('false_positive_lesions_per_case'), 2)}"
+        )
+
+    def show_comparison(self, comparison: dict[str, Any]) -> None:
+        """Show old versus new, and offer Promote only when the candidate's mean Dice >= the active model's."""
+        self.comparison = comparison
+        candidate, active = comparison["candidate"], comparison.get("active")
+        if comparison.get("already_active"):
+            self.ui.comparisonLabel.setText(f"The new model ({candidate['id']}) is the registry's active model already.")
+            self.ui.promoteButton.setEnabled(False)
+            return
+        dataset = comparison.get("dataset") or {}
+        note = f" {NOT_HELD_OUT_NOTE}" if self._evaluates_on_training_data() else ""
+        lines = [f"On {dataset.get('name', '?')}, {len(dataset.get('case_ids', []))} case(s){note}:"]
+        if active is not None:
+            lines.append(self._scores("Old", active))
+        lines.append(self._scores("New", candidate))
+        if comparison.get("at_least_as_good"):
+            lines.append("The new model scores at least as well as the active one: Promote makes it the active model.")
+        else:
+            lines.append(
+                f"Not offered for promotion: the new model's mean Dice ({candidate['dice']:.3f}) is below the "
+                f"active model's ({active['dice']:.3f}). The active model stays; the new one stays in the model list."
+            )
+        self.ui.comparisonLabel.setText("\n".join(lines))
+        self.ui.promoteButton.setEnabled(bool(comparison.get("at_least_as_good")))
+
+    def on_promote_clicked(self) -> None:
+        """Promote the compared model (the registry reuses both cached evaluations) and select it."""
+        with self.action("Promotion failed."):
+            if self.comparison is None:
+                raise InputError("Retrain a model and compare it with the active one first.")
+            candidate = self.comparison["candidate"]["id"]
+            decision = Registry(self.registry_path).promote(candidate, self._compare_dataset, device=self.device())
+            self.ui.promoteButton.setEnabled(False)
+            text = prop(self.ui.comparisonLabel, "text")
+            if decision["promoted"]:
+                folder = self.candidate_dir
+                if folder is None or not folder.is_dir():  # the training output was moved: use the registry's copy
+                    folder = Registry(self.registry_path).model_dir(candidate)
+                self.select_model(str(folder))
+                self.on_model_changed()
+                self.ui.comparisonLabel.setText(f"{text}\nPromoted: {candidate} is now the active model and the selected one.")
+            else:
+                self.ui.comparisonLabel.setText(f"{text}\nNot promoted: {decision['message']}.")
 
     # ------------------------------------------------------------------ life cycle
     def cleanup(self) -> None:
@@ -577,3 +756,6 @@ class SegmentLesionPanel:
         if self.training is not None:
             self.training.cancel()
             self.training = None
+        if self.comparing is not None:
+            self.comparing.cancel()
+            self.comparing = None

@@ -738,7 +738,7 @@ EXIT_NOT_PROMOTED = 3
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Add the ``models`` command group (list, add, evaluate, promote, rollback, history, path) to the CLI."""
+    """Add the ``models`` command group (list, add, evaluate, compare, promote, rollback, history, path) to the CLI."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--registry",
@@ -746,7 +746,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[
     )
     parser = subparsers.add_parser(
         "models",
-        help="model versions: list, add, evaluate, promote, rollback, history",
+        help="model versions: list, add, evaluate, compare, promote, rollback, history",
         description="A local registry of model versions with one active model. `promote` activates a candidate "
         "only when it scores at least as well as the active model on a fixed evaluation dataset.",
     )
@@ -757,11 +757,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[
     add = sub.add_parser("add", parents=[common], help="copy a model folder into the registry (the first one becomes active)")
     add.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled default model)")
     add.add_argument("--parent", help="id of the version it was trained from (default: from its training metadata)")
+    add.add_argument("--json", action="store_true", help="print the new version's entry as one line of JSON")
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a version on a dataset (results are cached)")
     evaluate.add_argument("id", metavar="ID", help="version id, 'active' or a sha256 prefix")
     _add_eval_options(evaluate)
     evaluate.add_argument("--refresh", action="store_true", help="evaluate again even when a cached result exists")
+
+    compare = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="evaluate a version and the active one on the same dataset and show both; change nothing",
+    )
+    compare.add_argument("id", metavar="ID", help="candidate version id or sha256 prefix")
+    _add_eval_options(compare)
+    compare.add_argument("--json", action="store_true", help="print the comparison as one line of JSON (for the Slicer panel)")
 
     promote = sub.add_parser(
         "promote",
@@ -895,6 +905,9 @@ def run_models(args: argparse.Namespace) -> int:
         else:
             model_dir = default_model_dir()
         entry = registry.add(model_dir, parent=args.parent)
+        if args.json:
+            print(json.dumps(entry))
+            return 0
         parent = f", parent {entry['parent_id']}" if entry.get("parent_id") else ""
         state = " (active)" if entry["active"] else ""
         print(f"added {entry['id']}: {entry['name']} {entry['version']} sha256 {entry['sha256'][:12]}{parent}{state}")
@@ -910,6 +923,17 @@ def run_models(args: argparse.Namespace) -> int:
         cached = " (cached)" if result["cached"] else ""
         print(f"{result['registry_id']}: {result['model']['name']} {result['model']['version']} on {result['dataset']['name']}{cached}")
         print(format_table(result))
+        return 0
+    if command == "compare":
+        comparison = registry.compare(args.id, args.dataset, args.device, args.min_lesion_ml, progress=_evaluation_progress())
+        if sys.stderr.isatty() and not args.json:
+            sys.stderr.write("\n")
+        if args.json:
+            print(json.dumps(comparison))
+        else:
+            verdict = "at least as good as" if comparison["at_least_as_good"] else "worse than"
+            verdict = "already" if comparison["already_active"] else verdict
+            print(_decision_text({**comparison, "message": f"{comparison['candidate']['id']} is {verdict} the active model"}))
         return 0
     if command == "promote":
         if args.dry_run:
