@@ -136,6 +136,8 @@ def run_segment(args: argparse.Namespace) -> int:
                 write_image(result.probability, output.with_name(f"{file_stem(output)}.probability.nii.gz"))
         except InputError as exc:
             failures += 1
+            if args.verbose:
+                logger.exception("%s failed", case)
             if sys.stderr.isatty():
                 sys.stderr.write("\n")
             print(f"error: {exc}", file=sys.stderr)
