@@ -360,9 +360,7 @@ def monai_surface(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[floa
     y_pred = torch.as_tensor(prediction > 0)[None, None].float()
     y = torch.as_tensor(truth > 0)[None, None].float()
     hd95 = monai_metrics.compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
-    assd = monai_metrics.compute_average_surface_distance(
-        y_pred, y, include_background=True, symmetric=True, spacing=spacing
-    )
+    assd = monai_metrics.compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True, spacing=spacing)
     return float(hd95[0, 0]), float(assd[0, 0])
 
 

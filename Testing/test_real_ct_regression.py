@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from SegmentLesionLib.metrics import case_metrics
 from SegmentLesionLib.modelspec import default_model_dir, load_spec
 

@@ -12,8 +12,7 @@ from SegmentLesionLib import synthetic
 
 pytestmark = pytest.mark.skipif(
     not synthetic.colin27_available(),
-    reason=f"Colin27 not installed in {synthetic.colin27_dir()} (MRIcron templates; or set "
-    f"{synthetic.COLIN27_DIR_ENV})",
+    reason=f"Colin27 not installed in {synthetic.colin27_dir()} (MRIcron templates; or set {synthetic.COLIN27_DIR_ENV})",
 )
 
 SEEDS = (3, 8, 21)

@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
 
 import SimpleITK as sitk  # noqa: E402
-
 from SegmentLesionLib import synthetic  # noqa: E402
 from SegmentLesionLib.modelspec import default_model_dir  # noqa: E402
 
@@ -75,14 +74,32 @@ def main() -> int:
                 "--dataset", str(corrected), "--case-id", f"hypo{seed}", "--model", str(args.model),
                 "--report", str(cases / f"hypo_{seed}_ai.lesions.json"))
         )  # fmt: skip
-    heldout_hypo = synthetic.write_dataset(work / "Dataset102_HeldOutHypo", HELDOUT_HYPO_SEEDS, polarity="hypo", dataset_name="Dataset102_HeldOutHypo")
-    heldout_hyper = synthetic.write_dataset(work / "Dataset103_HeldOutHyper", HELDOUT_HYPER_SEEDS, polarity="hyper", dataset_name="Dataset103_HeldOutHyper")
+    heldout_hypo = synthetic.write_dataset(
+        work / "Dataset102_HeldOutHypo", HELDOUT_HYPO_SEEDS, polarity="hypo", dataset_name="Dataset102_HeldOutHypo"
+    )
+    heldout_hyper = synthetic.write_dataset(
+        work / "Dataset103_HeldOutHyper", HELDOUT_HYPER_SEEDS, polarity="hyper", dataset_name="Dataset103_HeldOutHyper"
+    )
     before_hypo = evaluate(args.model, heldout_hypo, work / "before_hypo.json")
     before_hyper = evaluate(args.model, heldout_hyper, work / "before_hyper.json")
     # 2. Fine-tune for at most --minutes.
     tuned = work / "SegmentLesionBrainMR-finetuned"
     start = time.perf_counter()
-    run(cli("train", "--dataset", str(corrected), "--output", str(tuned), "--init", str(args.model), "--max-minutes", str(args.minutes), "--seed", "42"))
+    run(
+        cli(
+            "train",
+            "--dataset",
+            str(corrected),
+            "--output",
+            str(tuned),
+            "--init",
+            str(args.model),
+            "--max-minutes",
+            str(args.minutes),
+            "--seed",
+            "42",
+        )
+    )
     train_minutes = (time.perf_counter() - start) / 60
     # 3. Held-out evaluation.
     after_hypo = evaluate(tuned, heldout_hypo, work / "after_hypo.json")
@@ -91,7 +108,12 @@ def main() -> int:
     summary = {
         "train_cases": len(TRAIN_SEEDS),
         "train_minutes_wall": round(train_minutes, 2),
-        "heldout_hypo": {"cases": len(HELDOUT_HYPO_SEEDS), "dice_before": before_hypo["dice"], "dice_after": after_hypo["dice"], "gain": round(gain, 4)},
+        "heldout_hypo": {
+            "cases": len(HELDOUT_HYPO_SEEDS),
+            "dice_before": before_hypo["dice"],
+            "dice_after": after_hypo["dice"],
+            "gain": round(gain, 4),
+        },
         "heldout_hyper": {"cases": len(HELDOUT_HYPER_SEEDS), "dice_before": before_hyper["dice"], "dice_after": after_hyper["dice"]},
         "target_gain": 0.2,
         "passed": gain >= 0.2,

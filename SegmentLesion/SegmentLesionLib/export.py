@@ -153,9 +153,7 @@ def validate_case_id(case_id: str, identity: Iterable[str] = ()) -> str:
         InputError: invalid characters or length, or it contains a patient or study identifier.
     """
     if not isinstance(case_id, str) or not CASE_ID_PATTERN.fullmatch(case_id):
-        raise InputError(
-            f"case ID {case_id!r}: use 1-64 letters, digits, '_' or '-' (an opaque code, never a patient name or ID)"
-        )
+        raise InputError(f"case ID {case_id!r}: use 1-64 letters, digits, '_' or '-' (an opaque code, never a patient name or ID)")
     normalized = _normalized(case_id)
     if any(token in normalized for token in identity_tokens(identity)):
         # The identity itself is not repeated in the message: messages end up in logs.

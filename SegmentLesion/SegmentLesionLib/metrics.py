@@ -184,9 +184,7 @@ def surface_distances(prediction: Any, truth: Any, spacing: Sequence[float]) -> 
     return hd95, assd
 
 
-def lesion_detection(
-    prediction: Any, truth: Any, spacing: Sequence[float], min_lesion_ml: float = 0.0
-) -> dict[str, Any]:
+def lesion_detection(prediction: Any, truth: Any, spacing: Sequence[float], min_lesion_ml: float = 0.0) -> dict[str, Any]:
     """Lesion-wise detection counts from connected components (full connectivity: 26 in 3D, 8 in 2D).
 
     Args:

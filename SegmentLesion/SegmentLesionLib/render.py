@@ -10,6 +10,7 @@ For the demo, the README's screenshot and tests; inside the Slicer app use its S
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,21 @@ ORIENTATIONS = ("Axial", "Sagittal", "Coronal")
 # One renderer per scene, kept for the scene's life: destroying the colour logic empties the scene's colour
 # tables (slices then render black), so a render context is never thrown away while its scene is in use.
 _RENDERERS: dict[str, SliceRenderer] = {}
+
+
+@atexit.register
+def _close_renderers() -> None:
+    """Release every cached render window before the interpreter tears modules down.
+
+    Left to garbage collection at exit, VTK finalises the offscreen (EGL) windows after the objects they use
+    are gone, and the process dies with a segmentation fault after its work is done.
+    """
+    for renderer in list(_RENDERERS.values()):
+        try:
+            renderer.close()
+        except Exception:  # noqa: BLE001 - best effort at exit; a failure here must not mask the exit status
+            pass
+    _RENDERERS.clear()
 
 
 def _render_window() -> vtk.vtkRenderWindow:

@@ -136,8 +136,7 @@ def _load_template(folder: str) -> _Template:
     path = Path(folder)
     if not ((path / "ch2.nii.gz").is_file() and (path / "ch2bet.nii.gz").is_file()):
         raise FileNotFoundError(
-            f"Colin27 not found in {path} (ch2.nii.gz, ch2bet.nii.gz); "
-            f"install MRIcron's templates or set {COLIN27_DIR_ENV}"
+            f"Colin27 not found in {path} (ch2.nii.gz, ch2bet.nii.gz); install MRIcron's templates or set {COLIN27_DIR_ENV}"
         )
     reference = sitk.ReadImage(str(path / "ch2.nii.gz"), sitk.sitkFloat32)
     brain_img = sitk.ReadImage(str(path / "ch2bet.nii.gz"))
@@ -147,9 +146,7 @@ def _load_template(folder: str) -> _Template:
     brain_mask = sitk.Cast(brain_img > 0, sitk.sitkUInt8)
     brain_mask.CopyInformation(reference)
     brain = sitk.GetArrayFromImage(brain_mask).astype(bool)
-    depth_img = sitk.SignedMaurerDistanceMap(
-        brain_mask, insideIsPositive=True, squaredDistance=False, useImageSpacing=True
-    )
+    depth_img = sitk.SignedMaurerDistanceMap(brain_mask, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
     depth = np.maximum(sitk.GetArrayFromImage(depth_img), 0.0).astype(np.float32)
 
     csf, grey, white = _three_class_means(t1[brain].astype(np.float64))
@@ -643,9 +640,7 @@ def draw_geometry(
     Returns:
         The geometry.
     """
-    return _draw_geometry(
-        _streams(seed)[0], spacing_mm, reorient, np.array(reference_direction, dtype=np.float64).reshape(3, 3)
-    )
+    return _draw_geometry(_streams(seed)[0], spacing_mm, reorient, np.array(reference_direction, dtype=np.float64).reshape(3, 3))
 
 
 def generate_case_details(
@@ -741,8 +736,7 @@ def generate_case_details(
         nz = np.argwhere(fraction > 0)
         pad = int(np.ceil(3.0 * max(sigmas_zyx))) + 2
         sub = tuple(
-            slice(max(int(a) - pad, 0), min(int(b) + pad + 1, n))
-            for a, b, n in zip(nz.min(axis=0), nz.max(axis=0), fraction.shape)
+            slice(max(int(a) - pad, 0), min(int(b) + pad + 1, n)) for a, b, n in zip(nz.min(axis=0), nz.max(axis=0), fraction.shape)
         )
         fraction[sub] = _anti_alias(fraction[sub], sigmas_zyx)
 
@@ -845,9 +839,7 @@ def generate_case_details(
         "offset": offset,
         "size": tuple(int(v) for v in out_size),
     }
-    return SyntheticCase(
-        image=final, label=label, fraction=out_fraction, brain=brain_out, lesions=lesions, params=params
-    )
+    return SyntheticCase(image=final, label=label, fraction=out_fraction, brain=brain_out, lesions=lesions, params=params)
 
 
 def generate_case(
@@ -879,9 +871,7 @@ def generate_case(
         ValueError: invalid arguments.
         FileNotFoundError: Colin27 is not installed.
     """
-    case = generate_case_details(
-        seed, polarity=polarity, spacing_mm=spacing_mm, reorient=reorient, n_lesions=n_lesions, crop=crop
-    )
+    case = generate_case_details(seed, polarity=polarity, spacing_mm=spacing_mm, reorient=reorient, n_lesions=n_lesions, crop=crop)
     return case.image, case.label
 
 
