@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from SegmentLesionLib.dicom_seg import build_dicom_seg, series_files, write_dicom_seg
+from SegmentLesionLib.dicom_seg import build_dicom_seg, write_dicom_seg
 from SegmentLesionLib.errors import InputError, ModelError
 from SegmentLesionLib.modelspec import LESION_TERMINOLOGY, LabelInfo
-from SegmentLesionLib.volume import read_volume
+from SegmentLesionLib.volume import dicom_series_files, read_volume
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
@@ -101,7 +101,7 @@ def series_label(series: Path, boxes: dict[int, tuple[slice, slice, slice]]) -> 
 def read_back(path: Path, series: Path) -> np.ndarray:
     """The SEG's segments as a label array (k, j, i) in the series' slice order, read with highdicom."""
     seg = hd.seg.segread(str(path))
-    uids = [str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in series_files(series)]
+    uids = [str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in dicom_series_files(series)]
     return seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False, skip_overlap_checks=True)
 
 

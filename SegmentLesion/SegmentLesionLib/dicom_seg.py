@@ -24,34 +24,13 @@ import SimpleITK as sitk
 from . import __version__
 from .errors import InputError, ModelError
 from .modelspec import LabelInfo
-from .volume import atomic_path
+from .volume import atomic_path, dicom_series_files
 
 SERIES_DESCRIPTION = "SegmentLesion corrected segmentation"
 # DICOM CS values: upper case, at most 16 characters.
 CONTENT_LABEL = "LESIONS"
 # Tolerance (mm) when matching the labelmap's slices to the source images' positions.
 POSITION_TOLERANCE_MM = 0.05
-
-
-def series_files(folder: str | os.PathLike) -> list[Path]:
-    """The files of the one DICOM series in ``folder``, in the slice order ``volume.read_volume`` uses.
-
-    Raises:
-        InputError: no series, several series, or a single slice.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a DICOM series folder")
-    reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(f"{folder}: folder holds no DICOM series")
-    if len(series_ids) > 1:
-        raise InputError(f"{folder}: folder holds {len(series_ids)} DICOM series; give a folder with exactly one")
-    files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])]
-    if len(files) < 2:
-        raise InputError(f"{folder}: the DICOM series has a single slice; a 3D volume is needed")
-    return files
 
 
 def _coded_concept(code: Any, what: str, label: LabelInfo) -> Any:
@@ -137,7 +116,7 @@ def build_dicom_seg(
     import pydicom
 
     folder = Path(series_folder)
-    files = series_files(folder)
+    files = dicom_series_files(folder)
     # Pixel data is not needed: highdicom references the images and copies their geometry and identity.
     sources = [pydicom.dcmread(str(path), stop_before_pixels=True) for path in files]
     _check_grid(labelmap, sources, folder)

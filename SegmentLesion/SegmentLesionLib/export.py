@@ -62,6 +62,7 @@ from .modelspec import LESION_TERMINOLOGY, WEIGHTS_FILE, LabelInfo, ModelSpec, d
 from .volume import (
     check_3d_scalar,
     copy_geometry,
+    dicom_series_files,
     file_extension,
     ijk_to_lps_matrix,
     image_from_ijk_array,
@@ -178,10 +179,9 @@ def dicom_identity(folder: str | os.PathLike) -> list[str]:
 
     Used only to refuse case IDs that contain them; they are never written anywhere.
     """
-    from .dicom_seg import series_files
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(series_files(folder)[0]))
+    reader.SetFileName(str(dicom_series_files(folder)[0]))
     reader.LoadPrivateTagsOff()
     try:
         reader.ReadImageInformation()
@@ -191,10 +191,9 @@ def dicom_identity(folder: str | os.PathLike) -> list[str]:
 
 
 def _dicom_modality(folder: Path) -> str | None:
-    from .dicom_seg import series_files
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(series_files(folder)[0]))
+    reader.SetFileName(str(dicom_series_files(folder)[0]))
     reader.LoadPrivateTagsOff()
     try:
         reader.ReadImageInformation()

@@ -43,17 +43,30 @@ def file_stem(path: str | os.PathLike) -> str:
     return name[: len(name) - len(ext)] if ext else name
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of the one DICOM series in ``folder``, in slice order.
+
+    Raises:
+        InputError: not a folder, no series, several series, or a single slice.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a DICOM series folder")
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(f"{folder}: folder holds no DICOM series (give a volume file or a DICOM series folder)")
     if len(series_ids) > 1:
         raise InputError(f"{folder}: folder holds {len(series_ids)} DICOM series; give a folder with exactly one")
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])]
     if len(files) < 2:
         raise InputError(f"{folder}: the DICOM series has a single slice; a 3D volume is needed")
-    reader.SetFileNames(files)
+    return files
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(path) for path in dicom_series_files(folder)])
     # Tags are not loaded: nothing from the DICOM header can leak into an output.
     reader.MetaDataDictionaryArrayUpdateOff()
     reader.LoadPrivateTagsOff()
