@@ -11,19 +11,15 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
-import queue
 import shutil
-import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .modelspec import LabelInfo
-from .worker import PACKAGE_PARENT, WorkerClient
+from .worker import JsonLinesProcess, WorkerClient
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -252,8 +248,8 @@ class SegmentationWorker:
         return events
 
 
-class TrainingJob:
-    """``segment-lesion train`` in a background process, its JSON-lines progress read by a thread.
+class TrainingJob(JsonLinesProcess):
+    """``segment-lesion train`` (or another JSON-lines command) in a background process.
 
     Events (``poll()``): ``progress`` (epoch, max_epochs, loss, val_dice...), ``done`` (model, best_dice...),
     ``cancelled`` and ``error`` (message), as ``training.run_train`` sends them, and ``exit`` (returncode).
@@ -263,54 +259,17 @@ class TrainingJob:
     """
 
     def __init__(self, command: list[str]) -> None:
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH", "")]))
-        environment["PYTHONUNBUFFERED"] = "1"
-        self.command = command
-        self.events: queue.Queue = queue.Queue()
-        self.stderr_lines: list[str] = []
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=environment
-        )
+        super().__init__(command)
         self.finished = False
-        threading.Thread(target=self._read_events, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_events(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                self.events.put(event)
-        self.events.put({"event": "exit", "returncode": self.process.wait()})
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr_lines.append(line.rstrip())
-            del self.stderr_lines[:-200]
 
     def poll(self) -> list[dict[str, Any]]:
-        """Events received so far (non-blocking)."""
-        events = []
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return events
-            if event.get("event") == "exit":
-                self.finished = True
-            events.append(event)
+        """Events received so far (non-blocking); ``finished`` turns True with the ``exit`` event."""
+        events = super().poll()
+        if any(event.get("event") == "exit" for event in events):
+            self.finished = True
+        return events
 
     def cancel(self) -> None:
         """Ask training to stop (SIGTERM: the run keeps its checkpoint and can be resumed)."""
         if self.process.poll() is None:
             self.process.terminate()
-
-    @property
-    def running(self) -> bool:
-        """Whether the training process is alive."""
-        return self.process.poll() is None

@@ -173,16 +173,78 @@ def _write_outputs(result: Any, request: dict[str, Any], segmenter: Any) -> None
         write_image(result.probability, request["probability"])
 
 
-class WorkerClient:
-    """Starts a worker process and talks to it; no torch, no Qt.
+class JsonLinesProcess:
+    """A child process that reports JSON-lines events on stdout, read by a thread; no torch, no Qt.
 
-    Events are collected by a reader thread; ``poll()`` returns those that arrived (non-blocking), which
-    suits a Qt timer on Slicer's UI thread; ``wait()`` blocks (for scripts and tests).
+    ``poll()`` returns the events that arrived (non-blocking), which suits a Qt timer on Slicer's UI thread;
+    an ``{"event": "exit", "returncode": N}`` event ends the stream. The last 200 stderr lines are kept for error
+    messages. Used for the segmentation worker (``WorkerClient``) and the training job (``jobs.TrainingJob``).
+
+    Args:
+        command: the command line.
+        env: the environment (default: this process's), with this package added to PYTHONPATH.
+        stdin: give the child a stdin pipe (for requests); otherwise it reads nothing.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, stdin: bool = False) -> None:
+        environment = dict(os.environ if env is None else env)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH", "")]))
+        environment["PYTHONUNBUFFERED"] = "1"
+        self.command = command
+        self.events: queue.Queue = queue.Queue()
+        self.stderr_lines: list[str] = []
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=environment,
+        )
+        threading.Thread(target=self._read_events, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_events(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self.events.put(event)
+        self.events.put({"event": "exit", "returncode": self.process.wait()})
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr_lines.append(line.rstrip())
+            del self.stderr_lines[:-200]
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Events received so far (non-blocking)."""
+        events = []
+        while True:
+            try:
+                events.append(self.events.get_nowait())
+            except queue.Empty:
+                return events
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.process.poll() is None
+
+
+class WorkerClient(JsonLinesProcess):
+    """Starts a segmentation worker process and talks to it; ``wait()`` blocks (for scripts and tests).
 
     Args:
         model_dir: model folder (None: the default model).
         device: ``auto``, ``cpu`` or ``cuda``.
         python: the Python executable to run the worker with (in Slicer: ``PythonSlicer``).
+        env: the worker's environment (default: this process's).
     """
 
     def __init__(
@@ -191,38 +253,8 @@ class WorkerClient:
         command = [python or sys.executable, "-m", "SegmentLesionLib", "worker", "--device", device]
         if model_dir:
             command += ["--model", str(model_dir)]
-        environment = dict(os.environ if env is None else env)
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH", "")]))
-        environment["PYTHONUNBUFFERED"] = "1"
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=environment,
-        )
-        self.events: queue.Queue = queue.Queue()
-        self.stderr_lines: list[str] = []
+        super().__init__(command, env, stdin=True)
         self._next_id = 0
-        threading.Thread(target=self._read_events, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_events(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                self.stderr_lines.append(line.rstrip())
-        self.events.put({"event": "exit", "returncode": self.process.wait()})
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr_lines.append(line.rstrip())
-            del self.stderr_lines[:-200]
 
     def send(self, request: dict[str, Any]) -> None:
         """Write one request line."""
@@ -244,15 +276,6 @@ class WorkerClient:
     def cancel(self, job_id: str) -> None:
         """Ask the worker to stop a job between two window batches."""
         self.send({"command": "cancel", "id": job_id})
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Events received so far (non-blocking)."""
-        events = []
-        while True:
-            try:
-                events.append(self.events.get_nowait())
-            except queue.Empty:
-                return events
 
     def wait(
         self, kinds: tuple[str, ...] = ("done", "cancelled", "error", "exit"), job_id: str | None = None, timeout: float = 600.0
@@ -285,8 +308,3 @@ class WorkerClient:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-    @property
-    def running(self) -> bool:
-        """Whether the worker process is alive."""
-        return self.process.poll() is None
