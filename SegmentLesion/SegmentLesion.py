@@ -1,7 +1,7 @@
 """SegmentLesion: AI lesion segmentation with a radiologist in the loop (3D Slicer scripted module).
 
 A thin shell, as Slicer's scripted module template has it: the panel's behaviour lives in
-``SegmentLesionLib.panel`` and the MRML logic in ``SegmentLesionLib.mrml`` (both tested outside Slicer); the
+``SegmentLesionLib.ui.panel`` and the MRML logic in ``SegmentLesionLib.ui.mrml`` (both tested outside Slicer); the
 model runs in a separate worker process, never on Slicer's UI thread.
 """
 
@@ -178,7 +178,7 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from SegmentLesionLib.panel import SegmentLesionPanel
+        from SegmentLesionLib.ui.panel import SegmentLesionPanel
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SegmentLesion.ui"))
         self.layout.addWidget(uiWidget)
@@ -282,7 +282,7 @@ def pythonExecutable() -> str:
 
 
 class SegmentLesionLogic(ScriptedLoadableModuleLogic):
-    """Batch-mode logic: adapts ``SegmentLesionLib.mrml.LesionSegmentationLogic`` to Slicer's scene.
+    """Batch-mode logic: adapts ``SegmentLesionLib.ui.mrml.LesionSegmentationLogic`` to Slicer's scene.
 
     Example (Slicer's Python console)::
 
@@ -293,7 +293,7 @@ class SegmentLesionLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        from SegmentLesionLib.mrml import LesionSegmentationLogic
+        from SegmentLesionLib.ui.mrml import LesionSegmentationLogic
 
         self.lesions = LesionSegmentationLogic(
             slicer.mrmlScene,
@@ -332,7 +332,7 @@ class SegmentLesionLogic(ScriptedLoadableModuleLogic):
         torch comes from the PyTorch extension; the rest through ``slicer.packaging`` (or ``slicer.util.pip_install``
         on older Slicer), with constraints that keep Slicer's own numpy, VTK and SimpleITK and the installed torch.
         """
-        from SegmentLesionLib import dependencies
+        from SegmentLesionLib.ui import dependencies
 
         try:
             import PyTorchUtils

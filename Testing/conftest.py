@@ -30,8 +30,8 @@ def tiny_network_def(spatial_dims: int = 3, out_channels: int = 2) -> dict:
 def make_model(folder: Path, spatial_dims: int = 3, seed: int = 0, **settings) -> Path:
     """Write a model folder with random weights (a real MONAI UNet)."""
     import torch
-    from SegmentLesionLib.model import build_network, save_model
-    from SegmentLesionLib.modelspec import LabelInfo, ModelSpec
+    from SegmentLesionLib.models.network import build_network, save_model
+    from SegmentLesionLib.models.spec import LabelInfo, ModelSpec
 
     network_def = tiny_network_def(spatial_dims)
     defaults = dict(
@@ -121,8 +121,8 @@ def train_blob_model(folder: Path, iterations: int = 100, seed: int = 0) -> Path
     """Train a tiny 3D UNet to find bright blobs (a few seconds): a real model with predictable output."""
     import torch
     from monai.losses import DiceCELoss
-    from SegmentLesionLib.model import build_network, save_model
-    from SegmentLesionLib.modelspec import LabelInfo, ModelSpec
+    from SegmentLesionLib.models.network import build_network, save_model
+    from SegmentLesionLib.models.spec import LabelInfo, ModelSpec
 
     network_def = {**tiny_network_def(), "channels": [8, 16, 32]}
     torch.manual_seed(seed)

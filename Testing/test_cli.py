@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 from conftest import blob_volume, make_volume
-from SegmentLesionLib.metrics import dice
+from SegmentLesionLib.engine.metrics import dice
 
 
 def run_cli(*args, check_exit=None):

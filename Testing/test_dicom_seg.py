@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from SegmentLesionLib.dicom_seg import build_dicom_seg, write_dicom_seg
 from SegmentLesionLib.errors import InputError, ModelError
-from SegmentLesionLib.modelspec import LESION_TERMINOLOGY, LabelInfo
-from SegmentLesionLib.volume import dicom_series_files, read_volume
+from SegmentLesionLib.io.dicom_seg import build_dicom_seg, write_dicom_seg
+from SegmentLesionLib.io.volume import dicom_series_files, read_volume
+from SegmentLesionLib.models.spec import LESION_TERMINOLOGY, LabelInfo
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")

@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import blob_case, make_model
 from scipy import ndimage
-from SegmentLesionLib import metrics
-from SegmentLesionLib.datasets import read_dataset
+from SegmentLesionLib.data.datasets import read_dataset
+from SegmentLesionLib.engine import metrics
 from SegmentLesionLib.errors import Cancelled, InputError
-from SegmentLesionLib.evaluation import dataset_fingerprint, evaluate_model, format_table
+from SegmentLesionLib.learning.evaluation import dataset_fingerprint, evaluate_model, format_table
 
 SPACING = (1.0, 1.2, 1.5)  # (x, y, z) mm: anisotropic, so a spacing in the wrong axis order changes the distances
 

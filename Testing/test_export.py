@@ -21,8 +21,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction, tiny_network_def
 from SegmentLesionLib import cli
-from SegmentLesionLib.errors import InputError
-from SegmentLesionLib.export import (
+from SegmentLesionLib.data.export import (
     TEST_HOOK_ENV,
     check_dataset,
     compare_labels,
@@ -34,8 +33,9 @@ from SegmentLesionLib.export import (
     segments_to_labelmap,
     validate_case_id,
 )
-from SegmentLesionLib.modelspec import LabelInfo, load_spec
-from SegmentLesionLib.volume import same_geometry
+from SegmentLesionLib.errors import InputError
+from SegmentLesionLib.io.volume import same_geometry
+from SegmentLesionLib.models.spec import LabelInfo, load_spec
 
 SHAPE = (20, 22, 24)  # (k, j, i)
 EDEMA_TERMINOLOGY = {"category": ["SCT", "49755003", "Morphologically Altered Structure"], "type": ["SCT", "79654002", "Edema"]}
@@ -45,8 +45,8 @@ TISSUE_TERMINOLOGY = {"category": ["SCT", "85756007", "Tissue"], "type": ["SCT",
 
 def _save_model(folder: Path, labels: list[LabelInfo]) -> Path:
     import torch
-    from SegmentLesionLib.model import build_network, save_model
-    from SegmentLesionLib.modelspec import ModelSpec
+    from SegmentLesionLib.models.network import build_network, save_model
+    from SegmentLesionLib.models.spec import ModelSpec
 
     network_def = tiny_network_def(3, len(labels) + 1)
     spec = ModelSpec("TinyTestModel", "0.0.1", network_def, labels, out_channels=len(labels) + 1, patch_size=[32] * 3, spacing=None)
@@ -291,7 +291,7 @@ def _write_seg(path: Path, segmentation: dict) -> Path:
 
 
 def test_segments_mapped_by_name_and_terminology_not_order(tmp_path, model2_dir):
-    from SegmentLesionLib.volume import ijk_to_lps_matrix
+    from SegmentLesionLib.io.volume import ijk_to_lps_matrix
 
     image = make_image()
     image_path = write(image, tmp_path / "image.nii.gz")
@@ -380,7 +380,7 @@ def test_real_slicer_segmentation_cropped_oblique_mapped_by_name(tmp_path, model
 
 
 def test_overlapping_segments_refused_or_resolved_by_rule(tmp_path, model2_dir):
-    from SegmentLesionLib.volume import ijk_to_lps_matrix
+    from SegmentLesionLib.io.volume import ijk_to_lps_matrix
 
     image = make_image()
     image_path = write(image, tmp_path / "image.nii.gz")
@@ -413,7 +413,7 @@ def test_overlapping_segments_refused_or_resolved_by_rule(tmp_path, model2_dir):
 
 
 def test_oblique_labels_on_other_grids_land_on_the_image_grid(tmp_path, model_dir, capfd):
-    from SegmentLesionLib.volume import ijk_to_lps_matrix
+    from SegmentLesionLib.io.volume import ijk_to_lps_matrix
 
     direction = oblique_direction(25.0)
     image = make_image(direction=direction)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import SimpleITK as sitk
 from conftest import blob_volume, make_volume, oblique_direction
+from SegmentLesionLib.engine.inference import Segmenter, SegmentOptions, count_window_batches, resolve_device
+from SegmentLesionLib.engine.metrics import dice
 from SegmentLesionLib.errors import Cancelled, InputError
-from SegmentLesionLib.inference import Segmenter, SegmentOptions, count_window_batches, resolve_device
-from SegmentLesionLib.metrics import dice
 
 
 @pytest.fixture(scope="module")

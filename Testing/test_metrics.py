@@ -1,4 +1,4 @@
-"""Tests for SegmentLesionLib.metrics: hand-worked cases, empty masks, aggregation, and agreement with MONAI."""
+"""Tests for SegmentLesionLib.engine.metrics: hand-worked cases, empty masks, aggregation, and agreement with MONAI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[1] / "SegmentLesion"
 if str(PACKAGE_PARENT) not in sys.path:
     sys.path.insert(0, str(PACKAGE_PARENT))
 
-from SegmentLesionLib import metrics  # noqa: E402
+from SegmentLesionLib.engine import metrics  # noqa: E402
 from SegmentLesionLib.errors import InputError  # noqa: E402
 
 # MONAI 1.6 warns about its own deprecated argument inside compute_hausdorff_distance; not ours to fix.
@@ -342,7 +342,7 @@ def test_rejects_mismatched_inputs():
 
 def test_metrics_does_not_import_torch_or_monai():
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import SegmentLesionLib.metrics; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import SegmentLesionLib.engine.metrics; "
         "bad = [m for m in ('torch', 'monai') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code, str(PACKAGE_PARENT)], check=True)

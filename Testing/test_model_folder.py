@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model, make_volume, tiny_network_def
+from SegmentLesionLib.engine.inference import Segmenter
 from SegmentLesionLib.errors import ModelError
-from SegmentLesionLib.inference import Segmenter
-from SegmentLesionLib.model import build_network, load_model
-from SegmentLesionLib.modelspec import load_spec, sha256_file
+from SegmentLesionLib.models.network import build_network, load_model
+from SegmentLesionLib.models.spec import load_spec, sha256_file
 
 
 def _edit_json(path, change):

@@ -12,10 +12,10 @@ import slicer
 import slicerio
 import vtk
 from conftest import oblique_direction
-from SegmentLesionLib import mrml
 from SegmentLesionLib.errors import InputError, SegmentLesionError
-from SegmentLesionLib.jobs import JobState
-from SegmentLesionLib.modelspec import LESION_TERMINOLOGY, LabelInfo
+from SegmentLesionLib.models.spec import LESION_TERMINOLOGY, LabelInfo
+from SegmentLesionLib.runtime.jobs import JobState
+from SegmentLesionLib.ui import mrml
 
 LABELS = [
     LabelInfo(1, "Lesion", [0.9, 0.3, 0.2]),
@@ -254,7 +254,7 @@ def test_result_off_the_volume_grid_is_refused_and_scene_untouched(logic, tmp_pa
 
 @pytest.mark.parametrize("direction", [None, oblique_direction(30)], ids=["axis-aligned", "oblique"])
 def test_volume_node_in_segmentation_node_out_with_the_real_worker(worker_logic, model_3d, tmp_path, direction):
-    from SegmentLesionLib.inference import Segmenter, SegmentOptions
+    from SegmentLesionLib.engine.inference import Segmenter, SegmentOptions
 
     image = grid_image((20, 24, 28), spacing=(1.0, 1.2, 1.5), direction=direction)
     volume = load_volume(worker_logic.scene, write(image, tmp_path / "case.nrrd"), name="case")

@@ -24,8 +24,8 @@ QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 
 from conftest import make_model  # noqa: E402
-from SegmentLesionLib import mrml  # noqa: E402
-from SegmentLesionLib.panel import MODEL_FOLDERS_KEY, SegmentLesionPanel, prop  # noqa: E402
+from SegmentLesionLib.ui import mrml  # noqa: E402
+from SegmentLesionLib.ui.panel import MODEL_FOLDERS_KEY, SegmentLesionPanel, prop  # noqa: E402
 
 UI_FILE = Path(__file__).resolve().parent.parent / "SegmentLesion" / "Resources" / "UI" / "SegmentLesion.ui"
 
@@ -192,7 +192,7 @@ def add_volume(scene, tmp_path, name, shape=(20, 24, 28)):
 
 def threshold_with_lesions(model_dir, image) -> float:
     """Random weights: a threshold (on the panel's 0.05 grid) that leaves a few percent of voxels as lesion."""
-    from SegmentLesionLib.inference import Segmenter
+    from SegmentLesionLib.engine.inference import Segmenter
 
     probability = sitk.GetArrayFromImage(Segmenter(model_dir, "cpu").segment(image).probability)
     return float(np.clip(np.floor(np.percentile(probability, 97) * 20) / 20, 0.05, 0.95))
@@ -290,7 +290,7 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
     label_image = sitk.GetImageFromArray(labels)
     label_image.CopyInformation(reference)
     sitk.WriteImage(label_image, str(tmp_path / "labels.nrrd"))
-    from SegmentLesionLib.modelspec import load_spec
+    from SegmentLesionLib.models.spec import load_spec
 
     panel = make_panel()
     spec = load_spec(panel.default_model_dir)
@@ -330,8 +330,8 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
 
 @pytest.mark.slow  # a training run and five more background processes (about 1.5 min on 2 shared cores)
 def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, blob_model, tmp_path):
-    from SegmentLesionLib.panel import EVALUATION_FOLDER_KEY, NOT_HELD_OUT_NOTE
-    from SegmentLesionLib.registry import Registry
+    from SegmentLesionLib.learning.registry import Registry
+    from SegmentLesionLib.ui.panel import EVALUATION_FOLDER_KEY, NOT_HELD_OUT_NOTE
     from test_evaluation import write_blob_dataset
 
     train = write_blob_dataset(tmp_path / "Dataset001_Train", seeds=(21, 22))
@@ -485,11 +485,10 @@ def test_ui_parameter_names_are_parameter_node_fields():
 def test_cmake_lists_every_python_file_and_resource():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = {line.strip().replace("${MODULE_NAME}", "SegmentLesion") for line in cmake.splitlines()}
-    missing = [
-        f"SegmentLesionLib/{path.name}"
-        for path in sorted((MODULE_DIR / "SegmentLesionLib").glob("*.py"))
-        if f"SegmentLesionLib/{path.name}" not in listed
-    ]
+    library = MODULE_DIR / "SegmentLesionLib"
+    python_files = sorted(path.relative_to(MODULE_DIR).as_posix() for path in library.rglob("*.py") if "__pycache__" not in path.parts)
+    assert len(python_files) > 30 and "SegmentLesionLib/engine/inference.py" in python_files  # subfolders are walked
+    missing = [name for name in python_files if name not in listed]
     assert not missing, f"add to SegmentLesion/CMakeLists.txt (MODULE_PYTHON_SCRIPTS): {missing}"
     assert "SegmentLesion.py" in listed
     for resource in ("Resources/Icons/SegmentLesion.png", "Resources/UI/SegmentLesion.ui"):
@@ -501,7 +500,7 @@ def test_cmake_lists_every_python_file_and_resource():
 
 
 def test_dependency_check_finds_what_is_missing_and_pins_what_is_kept():
-    from SegmentLesionLib import dependencies
+    from SegmentLesionLib.ui import dependencies
 
     assert dependencies.missing_requirements(["numpy", "numpy>=1.0", "numpy>=999", "no-such-package-segment-lesion"]) == [
         "numpy>=999",
@@ -521,7 +520,7 @@ def test_a_restored_result_is_shown_and_other_nodes_are_not(app, make_panel, log
     label_image = sitk.GetImageFromArray(labels)
     label_image.CopyInformation(sitk.ReadImage(str(tmp_path / "restored.nrrd")))
     sitk.WriteImage(label_image, str(tmp_path / "restored_labels.nrrd"))
-    from SegmentLesionLib.modelspec import LabelInfo
+    from SegmentLesionLib.models.spec import LabelInfo
 
     node = logic.import_result(volume, tmp_path / "restored_labels.nrrd", [LabelInfo(1, "lesion", [1, 0, 0])], show_3d=False)
     panel = make_panel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from SegmentLesionLib.postprocess import find_lesions, lesion_table, max_diameter_mm
+from SegmentLesionLib.engine.postprocess import find_lesions, lesion_table, max_diameter_mm
 
 
 def test_components_numbered_by_decreasing_volume_with_volumes_by_hand():

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from SegmentLesionLib.metrics import case_metrics
-from SegmentLesionLib.modelspec import default_model_dir, load_spec
+from SegmentLesionLib.engine.metrics import case_metrics
+from SegmentLesionLib.models.spec import default_model_dir, load_spec
 
 EXPECTED = Path(__file__).resolve().parent / "expected" / "lits117_default_model.json"
 

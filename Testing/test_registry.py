@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import make_model
 from SegmentLesionLib.errors import InputError, ModelError
-from SegmentLesionLib.modelspec import WEIGHTS_FILE, sha256_file
-from SegmentLesionLib.registry import REGISTRY_ENV, Registry, default_registry_path
+from SegmentLesionLib.learning.registry import REGISTRY_ENV, Registry, default_registry_path
+from SegmentLesionLib.models.spec import WEIGHTS_FILE, sha256_file
 from test_evaluation import write_blob_dataset
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "SegmentLesion"
@@ -226,7 +226,7 @@ def test_concurrent_writers_lose_nothing(blob_model, random_model, tmp_path):
     # Many read-modify-write updates from several processes at once: without the lock some would be lost.
     script = textwrap.dedent(
         f"""
-        from SegmentLesionLib.registry import Registry
+        from SegmentLesionLib.learning.registry import Registry
         registry = Registry({str(path)!r})
         for _ in range(40):
             with registry.transaction() as index:

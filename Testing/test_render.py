@@ -6,9 +6,9 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
-from SegmentLesionLib import mrml
-from SegmentLesionLib.modelspec import LabelInfo
-from SegmentLesionLib.render import render_slice_png
+from SegmentLesionLib.models.spec import LabelInfo
+from SegmentLesionLib.ui import mrml
+from SegmentLesionLib.ui.render import render_slice_png
 from vtk.util import numpy_support
 
 LESION_RGB = (0.9, 0.1, 0.1)
@@ -72,9 +72,9 @@ def test_slice_png_shows_the_lesion_in_its_colour_over_the_image(tmp_path):
 
 def test_demo_renders_files_written_by_the_command_line(tmp_path):
     """``segment-lesion demo`` renders its own ``.seg.nrrd`` (written by slicerio) over the sample volume."""
-    from SegmentLesionLib.modelspec import LabelInfo
-    from SegmentLesionLib.render import render_demo_slice
-    from SegmentLesionLib.writers import write_seg_nrrd
+    from SegmentLesionLib.io.writers import write_seg_nrrd
+    from SegmentLesionLib.models.spec import LabelInfo
+    from SegmentLesionLib.ui.render import render_demo_slice
 
     shape = (16, 48, 48)
     image = sitk.GetImageFromArray(np.full(shape, 100.0, np.float32) + np.indices(shape)[2].astype(np.float32))

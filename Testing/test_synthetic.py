@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from SegmentLesionLib import synthetic
+from SegmentLesionLib.data.synthetic import generator as synthetic
 
 pytestmark = pytest.mark.skipif(
     not synthetic.colin27_available(),

@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from SegmentLesionLib import cli, datasets, preprocess, training
+from SegmentLesionLib import cli
+from SegmentLesionLib.data import datasets
+from SegmentLesionLib.engine import preprocess
+from SegmentLesionLib.engine.inference import Segmenter
 from SegmentLesionLib.errors import Cancelled, InputError
-from SegmentLesionLib.inference import Segmenter
-from SegmentLesionLib.model import build_network, load_model, save_model
-from SegmentLesionLib.modelspec import LabelInfo, ModelSpec, load_spec
-from SegmentLesionLib.volume import read_labelmap
+from SegmentLesionLib.io.volume import read_labelmap
+from SegmentLesionLib.learning import training
+from SegmentLesionLib.models.network import build_network, load_model, save_model
+from SegmentLesionLib.models.spec import LabelInfo, ModelSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -6,7 +6,7 @@ import json
 
 import SimpleITK as sitk
 from conftest import make_volume
-from SegmentLesionLib.worker import WorkerClient
+from SegmentLesionLib.runtime.worker import WorkerClient
 
 
 def test_two_requests_one_cancelled(model_3d, tmp_path):

@@ -33,8 +33,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
 
-from SegmentLesionLib.inference import default_model_dir  # noqa: E402
-from SegmentLesionLib.worker import WorkerClient  # noqa: E402
+from SegmentLesionLib.engine.inference import default_model_dir  # noqa: E402
+from SegmentLesionLib.runtime.worker import WorkerClient  # noqa: E402
 
 COLIN = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
@@ -43,8 +43,8 @@ import json, resource, sys, time
 start = time.perf_counter()
 import numpy as np, SimpleITK as sitk, torch
 from monai.inferers import sliding_window_inference
-from SegmentLesionLib.model import build_network
-from SegmentLesionLib.modelspec import load_spec
+from SegmentLesionLib.models.network import build_network
+from SegmentLesionLib.models.spec import load_spec
 spec = load_spec(sys.argv[1])
 network = build_network(spec.network_def)
 network.load_state_dict(torch.load(f"{sys.argv[1]}/models/model.pt", weights_only=True))

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import slicer
-    from SegmentLesionLib.mrml import LesionSegmentationLogic
-    from SegmentLesionLib.render import render_slice_png
+    from SegmentLesionLib.ui.mrml import LesionSegmentationLogic
+    from SegmentLesionLib.ui.render import render_slice_png
 
     for path, what in ((args.image, "image"), (args.model, "model folder")):
         if not path.exists():

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegmentLesion"))
 from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.losses import DiceCELoss  # noqa: E402
-from SegmentLesionLib.model import build_network  # noqa: E402
+from SegmentLesionLib.models.network import build_network  # noqa: E402
 
 CANDIDATES = {
     "UNet 16-32-64-128 (1 res unit)": {

@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import InputError, ModelError
-from .modelspec import WEIGHTS_FILE, default_model_dir, load_spec, sha256_file
+from ..errors import InputError, ModelError
+from ..models.spec import WEIGHTS_FILE, default_model_dir, load_spec, sha256_file
 
 try:  # POSIX
     import fcntl
@@ -127,7 +127,7 @@ def _make_read_only(folder: Path) -> None:
 
 def _evaluation_key(sha256: str, fingerprint: str, min_lesion_ml: float) -> str:
     """The cache key of an evaluation: weights, data, settings, and the package version (metrics code may change)."""
-    from . import __version__
+    from .. import __version__
 
     return hashlib.sha256(f"{sha256}|{fingerprint}|{float(min_lesion_ml)!r}|{__version__}".encode()).hexdigest()[:16]
 
@@ -207,7 +207,7 @@ class Registry:
 
         Every change to the index goes through here, so concurrent processes never lose each other's changes.
         """
-        from .writers import write_json
+        from ..io.writers import write_json
 
         with _file_lock(self.path / LOCK_FILE):
             data = self._read_index()
@@ -301,7 +301,7 @@ class Registry:
             ModelError: the folder is not a loadable model.
             InputError: the same weights are registered already, or no such parent.
         """
-        from .model import load_model
+        from ..models.network import load_model
 
         source = Path(model_dir)
         spec = load_spec(source)
@@ -446,7 +446,7 @@ class Registry:
         Returns:
             The metrics dict of ``evaluation.evaluate_model``, with ``"cached"`` (bool) and ``"registry_id"``.
         """
-        from .datasets import read_dataset
+        from ..data.datasets import read_dataset
         from .evaluation import dataset_fingerprint, evaluate_model
 
         entry = self.get(entry_id)
@@ -481,7 +481,7 @@ class Registry:
         return None
 
     def _store_evaluation(self, entry_id: str, key: str, result: dict[str, Any], min_lesion_ml: float) -> None:
-        from .writers import write_json
+        from ..io.writers import write_json
 
         relative = f"{EVALUATIONS_DIR}/{entry_id}-{key}.json"
         write_json(result, self.path / relative)

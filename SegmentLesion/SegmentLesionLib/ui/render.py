@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import slicer
 import vtk
 
-from .volume import atomic_path
+from ..io.volume import atomic_path
 
 ORIENTATIONS = ("Axial", "Sagittal", "Coronal")
 
@@ -244,10 +244,10 @@ def render_demo_slice(
     Raises:
         InputError: a file that cannot be read, or a segmentation that is not on the volume's grid.
     """
-    from .errors import InputError
-    from .modelspec import DEFAULT_COLORS, LabelInfo
+    from ..errors import InputError
+    from ..io.volume import file_extension
+    from ..models.spec import DEFAULT_COLORS, LabelInfo
     from .mrml import LesionSegmentationLogic, image_array
-    from .volume import file_extension
 
     scene = slicer.vtkMRMLScene()
     logic = LesionSegmentationLogic(scene)

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import SimpleITK as sitk
 
-from . import preprocess
-from .errors import Cancelled, InputError
-from .modelspec import ModelSpec
-from .volume import file_extension, read_labelmap, read_volume, same_geometry
+from ..engine import preprocess
+from ..errors import Cancelled, InputError
+from ..io.volume import file_extension, read_labelmap, read_volume, same_geometry
+from ..models.spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -1,4 +1,4 @@
-"""Building MONAI networks from a model folder and saving model folders (torch side of ``modelspec``)."""
+"""Building MONAI networks from a model folder and saving model folders (torch side of ``spec``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from . import modelspec
-from .errors import ModelError
-from .modelspec import ModelSpec
+from ..errors import ModelError
+from .spec import ALLOWED_NETWORKS, WEIGHTS_FILE, ModelSpec, check_network_def, load_spec, network_name, sha256_file, write_config_files
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -26,13 +25,13 @@ The weights are research software, not a medical device, and are not for clinica
 def _network_classes() -> dict[str, type]:
     from monai.networks import nets
 
-    return {name: getattr(nets, name) for name in modelspec.ALLOWED_NETWORKS if hasattr(nets, name)}
+    return {name: getattr(nets, name) for name in ALLOWED_NETWORKS if hasattr(nets, name)}
 
 
 def build_network(network_def: dict[str, Any]) -> torch.nn.Module:
     """Instantiate an allow-listed MONAI network from a plain ``network_def`` (no code is evaluated)."""
-    modelspec.check_network_def(network_def)
-    name = modelspec.network_name(network_def["_target_"])
+    check_network_def(network_def)
+    name = network_name(network_def["_target_"])
     kwargs = {key: value for key, value in network_def.items() if not key.startswith("_")}
     try:
         return _network_classes()[name](**kwargs)
@@ -45,9 +44,9 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
 
     Weights are read with ``torch.load(..., weights_only=True)``: a pickle carrying code is refused.
     """
-    spec = modelspec.load_spec(folder)
+    spec = load_spec(folder)
     network = build_network(spec.network_def)
-    weights = Path(folder) / modelspec.WEIGHTS_FILE
+    weights = Path(folder) / WEIGHTS_FILE
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
@@ -60,7 +59,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
         network.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"{weights}: weights do not match the network in inference.json ({str(exc).splitlines()[0]})") from exc
-    spec.weights_sha256 = modelspec.sha256_file(weights)
+    spec.weights_sha256 = sha256_file(weights)
     network.to(device).eval()
     return spec, network
 
@@ -88,9 +87,9 @@ def save_model(
         state = network.state_dict() if isinstance(network, torch.nn.Module) else network
         state = {key: value.detach().cpu() for key, value in state.items()}
         (tmp / "models").mkdir()
-        torch.save(state, tmp / modelspec.WEIGHTS_FILE)
-        spec.weights_sha256 = modelspec.sha256_file(tmp / modelspec.WEIGHTS_FILE)
-        modelspec.write_config_files(tmp, spec, extra_metadata)
+        torch.save(state, tmp / WEIGHTS_FILE)
+        spec.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
+        write_config_files(tmp, spec, extra_metadata)
         (tmp / "LICENSE").write_text(MODEL_LICENSE, encoding="utf-8")
         (tmp / "docs").mkdir()
         (tmp / "docs" / "README.md").write_text(model_card or default_model_card(spec), encoding="utf-8")

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .errors import InputError, ModelError
-from .modelspec import LabelInfo
+from .. import __version__
+from ..errors import InputError, ModelError
+from ..models.spec import LabelInfo
 from .volume import atomic_path, dicom_series_files
 
 SERIES_DESCRIPTION = "SegmentLesion corrected segmentation"

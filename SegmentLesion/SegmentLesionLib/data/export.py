@@ -56,10 +56,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .errors import InputError, ModelError
-from .modelspec import LESION_TERMINOLOGY, WEIGHTS_FILE, LabelInfo, ModelSpec, default_model_dir, load_spec, sha256_file
-from .volume import (
+from .. import __version__
+from ..errors import InputError, ModelError
+from ..io.volume import (
     check_3d_scalar,
     copy_geometry,
     dicom_series_files,
@@ -71,7 +70,8 @@ from .volume import (
     same_geometry,
     strip_metadata,
 )
-from .writers import write_json, write_seg_nrrd
+from ..io.writers import write_json, write_seg_nrrd
+from ..models.spec import LESION_TERMINOLOGY, WEIGHTS_FILE, LabelInfo, ModelSpec, default_model_dir, load_spec, sha256_file
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -463,7 +463,7 @@ def compare_labels(ai: np.ndarray, corrected: np.ndarray, spacing: Sequence[floa
     """
     from scipy import ndimage
 
-    from . import metrics
+    from ..engine import metrics
 
     ai_fg = ai > 0
     corrected_fg = corrected > 0
@@ -1130,7 +1130,7 @@ def export_case(
         warnings.append("the lesion report comes from other model weights than the model recorded for this export")
     dicom_segmentation = None
     if "dicom-seg" in extra_formats:
-        from .dicom_seg import build_dicom_seg
+        from ..io.dicom_seg import build_dicom_seg
 
         assert dicom_folder is not None
         dicom_segmentation = build_dicom_seg(corrected, dicom_folder, labels, model_summary)

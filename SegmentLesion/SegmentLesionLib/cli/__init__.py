@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import Cancelled, InputError, SegmentLesionError
+from ..errors import Cancelled, InputError, SegmentLesionError
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Input paths as cases: files as given, a DICOM series folder as one case, a folder of volume files as its files."""
-    from .volume import VOLUME_EXTENSIONS, file_extension
+    from ..io.volume import VOLUME_EXTENSIONS, file_extension
 
     cases: list[Path] = []
     for item in inputs:
@@ -78,7 +78,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def plan_outputs(cases: list[Path], output: str, fmt: str) -> list[Path]:
     """The output file of each case: ``output`` itself for one case named with a file extension, else a folder."""
-    from .volume import LABELMAP_OUTPUT_EXTENSIONS, file_extension, file_stem
+    from ..io.volume import LABELMAP_OUTPUT_EXTENSIONS, file_extension, file_stem
 
     out = Path(output)
     if len(cases) == 1 and file_extension(out) in LABELMAP_OUTPUT_EXTENSIONS:
@@ -111,8 +111,8 @@ def _console_progress(prefix: str) -> Callable[[int, int, str], None]:
 
 def run_segment(args: argparse.Namespace) -> int:
     """``segment``: every case is checked and every output planned before any work starts."""
-    from .inference import Segmenter, SegmentOptions
-    from .writers import check_output_path, report_path, write_json, write_labelmap
+    from ..engine.inference import Segmenter, SegmentOptions
+    from ..io.writers import check_output_path, report_path, write_json, write_labelmap
 
     cases = expand_inputs(args.inputs)
     outputs = plan_outputs(cases, args.output, args.format)
@@ -131,7 +131,7 @@ def run_segment(args: argparse.Namespace) -> int:
             write_labelmap(result.labelmap, output, segmenter.spec.labels, overwrite=args.overwrite)
             write_json(result.report, report_path(output), overwrite=True)
             if args.probability:
-                from .volume import file_stem, write_image
+                from ..io.volume import file_stem, write_image
 
                 write_image(result.probability, output.with_name(f"{file_stem(output)}.probability.nii.gz"))
         except InputError as exc:
@@ -154,7 +154,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     """``worker``: serve requests until stdin closes."""
-    from .worker import serve
+    from ..runtime.worker import serve
 
     return serve(args.model, args.device)
 

@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import metrics
-from .datasets import DATASET_FILE, Dataset, DatasetCase, read_case, read_dataset
-from .errors import Cancelled, InputError
-from .modelspec import sha256_file
+from ..data.datasets import DATASET_FILE, Dataset, DatasetCase, read_case, read_dataset
+from ..engine import metrics
+from ..errors import Cancelled, InputError
+from ..models.spec import sha256_file
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -152,7 +152,7 @@ def evaluate_model(
         if existing:
             raise InputError(f"{existing[0]}: already exists (use --overwrite to replace it)")
 
-    from .inference import Segmenter  # torch: only once there is work to do
+    from ..engine.inference import Segmenter  # torch: only once there is work to do
 
     start = time.perf_counter()
     total = len(selected)
@@ -183,7 +183,7 @@ def evaluate_model(
         spacing = tuple(float(s) for s in image.GetSpacing())[::-1]
         values = metrics.case_metrics(prediction, truth, spacing, min_lesion_ml=min_lesion_ml)
         if predictions is not None:
-            from .writers import write_labelmap
+            from ..io.writers import write_labelmap
 
             write_labelmap(result.labelmap, predictions / f"{case.case_id}.nii.gz", spec.labels, overwrite=True)
         results.append({"case_id": case.case_id, **values, "seconds": round(time.perf_counter() - case_start, 3)})
@@ -294,7 +294,7 @@ def _console_progress() -> ProgressCallback:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: the output is checked before any work starts; nothing is written on failure."""
-    from .writers import write_json
+    from ..io.writers import write_json
 
     output = Path(args.output) if args.output else None
     if output is not None:

@@ -31,10 +31,10 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .errors import InputError, SegmentLesionError
-from .jobs import JobEvent, JobState, SegmentationJob, SegmentationWorker
-from .modelspec import LabelInfo
-from .volume import image_from_ijk_array
+from ..errors import InputError, SegmentLesionError
+from ..io.volume import image_from_ijk_array
+from ..models.spec import LabelInfo
+from ..runtime.jobs import JobEvent, JobState, SegmentationJob, SegmentationWorker
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -538,7 +538,7 @@ class LesionSegmentationLogic:
         volume; ``centroid_ras`` is in world coordinates (parent transforms applied), ready for jumping.
         """
         # Imported here: scipy may be installed only after Slicer loaded the module (once the user agreed).
-        from . import postprocess
+        from ..engine import postprocess
 
         volume_node = self.reference_volume(segmentation_node)
         labelmap = self.labelmap_array(segmentation_node, volume_node)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..errors import InputError
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 SAMPLE_IMAGE = SAMPLE_DIR / "SampleBrainLesion.nii.gz"
 SAMPLE_TRUTH = SAMPLE_DIR / "SampleBrainLesion_truth.nii.gz"
 SAMPLE_CHECKSUMS = SAMPLE_DIR / "checksums.json"
@@ -18,7 +18,7 @@ SAMPLE_CHECKSUMS = SAMPLE_DIR / "checksums.json"
 
 def verify_sample() -> None:
     """Check the sample files against their recorded sha256 (a damaged checkout should not pass silently)."""
-    from .modelspec import sha256_file
+    from ..models.spec import sha256_file
 
     if not SAMPLE_IMAGE.exists() or not SAMPLE_TRUTH.exists():
         raise InputError(f"{SAMPLE_DIR}: the sample case is missing")
@@ -31,11 +31,11 @@ def verify_sample() -> None:
 
 def run_demo(output: Path, model_dir: str | None = None, device: str = "auto") -> int:
     """Segment the sample case, write ``.seg.nrrd``, the lesion report and PNG previews, print Dice."""
-    from .inference import Segmenter, device_description
-    from .metrics import case_metrics
-    from .preview import overlay_preview
-    from .volume import read_labelmap, read_volume
-    from .writers import report_path, write_json, write_labelmap
+    from ..engine.inference import Segmenter, device_description
+    from ..engine.metrics import case_metrics
+    from ..io.preview import overlay_preview
+    from ..io.volume import read_labelmap, read_volume
+    from ..io.writers import report_path, write_json, write_labelmap
 
     verify_sample()
     start = time.perf_counter()
@@ -69,7 +69,7 @@ def run_demo(output: Path, model_dir: str | None = None, device: str = "auto") -
     )
     print(f"wrote {seg_path}, {report_path(seg_path).name}, {preview.name} in {output}")
     try:
-        from .render import render_demo_slice
+        from ..ui.render import render_demo_slice
     except ImportError:  # slicer-core is a test/dev extra: the demo works without it
         return 0
     slice_png = render_demo_slice(SAMPLE_IMAGE, seg_path, output / "SampleBrainLesion_slice_view.png")

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger("SegmentLesion")
 

@@ -10,8 +10,8 @@ from typing import Any, Iterable
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .modelspec import LabelInfo
+from ..errors import InputError
+from ..models.spec import LabelInfo
 from .volume import LABELMAP_OUTPUT_EXTENSIONS, atomic_path, file_extension, file_stem, ijk_to_lps_matrix, write_image
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "SegmentLesionBrainMR"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "SegmentLesionBrainMR"
 METADATA_FILE = Path("configs") / "metadata.json"
 INFERENCE_FILE = Path("configs") / "inference.json"
 WEIGHTS_FILE = Path("models") / "model.pt"

@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .datasets import Augmentation, PatchSampler
-from .errors import Cancelled, InputError, ModelError
+from ..data.datasets import Augmentation, PatchSampler
+from ..errors import Cancelled, InputError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .datasets import Dataset, PreparedCase
-    from .modelspec import ModelSpec
+    from ..data.datasets import Dataset, PreparedCase
+    from ..models.spec import ModelSpec
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -308,8 +308,8 @@ def _patch_size(settings: TrainSettings, spec: ModelSpec | None) -> list[int]:
 
 
 def _scratch_spec(dataset: Dataset, settings: TrainSettings, patch: list[int]) -> ModelSpec:
-    from .datasets import median_spacing
-    from .modelspec import DEFAULT_COLORS, LabelInfo, ModelSpec
+    from ..data.datasets import median_spacing
+    from ..models.spec import DEFAULT_COLORS, LabelInfo, ModelSpec
 
     labels = [
         LabelInfo(value, name, list(DEFAULT_COLORS[index % len(DEFAULT_COLORS)]))
@@ -339,7 +339,7 @@ def _spec_to_json(spec: ModelSpec) -> str:
 
 
 def _spec_from_json(text: str) -> ModelSpec:
-    from .modelspec import LabelInfo, ModelSpec
+    from ..models.spec import LabelInfo, ModelSpec
 
     data = json.loads(text)
     data["labels"] = [LabelInfo(**label) for label in data["labels"]]
@@ -569,7 +569,7 @@ class _Run:
         self.settings.check()
         if self.output.exists() and not self.settings.overwrite:
             # Resuming may replace only the model this very run wrote (after an earlier, shorter session).
-            from .modelspec import load_spec
+            from ..models.spec import load_spec
 
             try:
                 previous = load_spec(self.output).training.get("run_id")
@@ -586,8 +586,8 @@ class _Run:
         import torch
         from monai.utils import set_determinism
 
-        from . import datasets
-        from .inference import resolve_device
+        from ..data import datasets
+        from ..engine.inference import resolve_device
 
         self.device = resolve_device(self.settings.device)
         if self.dist.world > 1 and self.device.type == "cuda":
@@ -616,8 +616,8 @@ class _Run:
 
     def _build_model(self) -> tuple[list[str], list[str]]:
         """The spec and network (new, the parent's, or the checkpoint's), the patch size; returns the split."""
-        from .inference import default_model_dir
-        from .model import build_network, load_model
+        from ..engine.inference import default_model_dir
+        from ..models.network import build_network, load_model
 
         settings, checkpoint = self.settings, self.checkpoint
         if checkpoint is not None:
@@ -648,7 +648,7 @@ class _Run:
 
     def _load_cases(self, train_ids: list[str], val_ids: list[str]) -> None:
         """Every rank holds all training cases and its share of the validation cases."""
-        from . import datasets
+        from ..data import datasets
 
         by_id = {case.case_id: case for case in self.dataset.cases}
         missing = [case_id for case_id in train_ids + val_ids if case_id not in by_id]
@@ -774,7 +774,7 @@ class _Run:
 
     def validate(self) -> tuple[float | None, dict[str, dict[str, Any]]]:
         """Mean validation Dice over all ranks' cases, and this rank's predictions by case ID."""
-        from . import metrics
+        from ..engine import metrics
 
         module = self.network.module if hasattr(self.network, "module") else self.network
         module.eval()
@@ -791,7 +791,7 @@ class _Run:
         return (float(np.mean(gathered)) if gathered else None), predictions
 
     def case_metrics(self, predictions: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        from . import metrics
+        from ..engine import metrics
 
         mine = []
         for case_id, item in predictions.items():
@@ -894,7 +894,7 @@ class _Run:
         return self.finish(stopped)
 
     def finish(self, stopped: str) -> TrainResult:
-        from .model import save_model
+        from ..models.network import save_model
 
         settings = self.settings
         minutes = self.minutes_before + self.elapsed() / 60.0

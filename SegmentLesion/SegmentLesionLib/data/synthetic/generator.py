@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .preprocess import orientation_direction
+from ...engine.preprocess import orientation_direction
 
 logger = logging.getLogger("SegmentLesion")
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 COUNT_KEYS = ("lesions_true", "lesions_found", "false_positive_lesions")
 """Keys that :func:`mean_metrics` sums instead of averaging."""

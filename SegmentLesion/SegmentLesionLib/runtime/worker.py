@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 logger = logging.getLogger("SegmentLesion")
 
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class _Channel:
@@ -58,8 +58,8 @@ class _Channel:
 
 def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the worker loop until stdin closes or a shutdown request arrives."""
-    from .errors import Cancelled, SegmentLesionError
-    from .inference import Segmenter, SegmentOptions, device_description
+    from ..engine.inference import Segmenter, SegmentOptions, device_description
+    from ..errors import Cancelled, SegmentLesionError
 
     # The protocol owns stdout: anything a library prints goes to stderr instead.
     channel = _Channel(stdout or sys.stdout)
@@ -158,14 +158,14 @@ def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | No
 
 
 def _report_path(request: dict[str, Any]) -> Path:
-    from .writers import report_path
+    from ..io.writers import report_path
 
     return Path(request["report"]) if request.get("report") else report_path(request["output"])
 
 
 def _write_outputs(result: Any, request: dict[str, Any], segmenter: Any) -> None:
-    from .volume import write_image
-    from .writers import write_json, write_labelmap
+    from ..io.volume import write_image
+    from ..io.writers import write_json, write_labelmap
 
     write_labelmap(result.labelmap, request["output"], segmenter.spec.labels)
     write_json(result.report, _report_path(request))

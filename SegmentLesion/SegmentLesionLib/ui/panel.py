@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import json
 import logging
 import os
@@ -21,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
-from .errors import InputError, ModelError, SegmentLesionError
-from .jobs import JobEvent, SegmentationJob, TrainingJob
-from .modelspec import load_spec
-from .registry import Registry, default_registry_path
+from ..errors import InputError, ModelError, SegmentLesionError
+from ..learning.registry import Registry, default_registry_path
+from ..models.spec import load_spec
+from ..runtime.jobs import JobEvent, SegmentationJob, TrainingJob
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -41,11 +40,6 @@ def prop(widget: Any, name: str) -> Any:
     """A Qt property's value in both bindings (PythonQt: attribute; PySide6: getter method)."""
     value = getattr(widget, name)
     return value() if callable(value) else value
-
-
-def feature_available(module: str) -> bool:
-    """Whether a part of SegmentLesionLib written by another part of the project is installed."""
-    return importlib.util.find_spec(f"{__package__}.{module}") is not None
 
 
 class SegmentLesionPanel:
@@ -451,11 +445,6 @@ class SegmentLesionPanel:
 
     # ------------------------------------------------------------------ export
     def _setup_export(self) -> None:
-        self.export_available = feature_available("export")
-        if not self.export_available:
-            self.ui.exportButton.setEnabled(False)
-            self.ui.exportSummaryLabel.setText("Export is not available yet in this version.")
-            return
         self.ui.datasetPathLineEdit.currentPathChanged.connect(lambda *_: self._update_case_count())
         self._update_case_count()
         self._update_export_state()
@@ -464,8 +453,6 @@ class SegmentLesionPanel:
         return str(prop(self.ui.datasetPathLineEdit, "currentPath") or "").strip()
 
     def _update_export_state(self) -> None:
-        if not getattr(self, "export_available", False):
-            return
         ready = self.segmentation_node is not None
         self.ui.exportButton.setEnabled(ready)
         self.ui.exportButton.setToolTip(
@@ -474,13 +461,13 @@ class SegmentLesionPanel:
             else "Segment a volume first."
         )
         if ready and not str(prop(self.ui.caseIdLineEdit, "text")).strip():
-            from .export import generate_case_id
+            from ..data.export import generate_case_id
 
             folder = self._dataset_folder()
             self.ui.caseIdLineEdit.setText(generate_case_id(folder if folder and Path(folder).is_dir() else None))
 
     def _update_case_count(self) -> None:
-        from .export import dataset_summary
+        from ..data.export import dataset_summary
 
         folder = self._dataset_folder()
         if not folder or not Path(folder).is_dir():
@@ -493,7 +480,7 @@ class SegmentLesionPanel:
 
     def export_case(self) -> Optional[dict[str, Any]]:
         """Export the current volume and its corrected segmentation to the dataset folder."""
-        from .export import export_case, generate_case_id
+        from ..data.export import export_case, generate_case_id
 
         result = None
         with self.action("Export failed: nothing was written."):
@@ -523,10 +510,6 @@ class SegmentLesionPanel:
 
     # ------------------------------------------------------------------ retrain
     def _setup_retrain(self) -> None:
-        self.retrain_available = feature_available("training") and feature_available("export")
-        if not self.retrain_available:
-            self.ui.retrainButton.setEnabled(False)
-            self.ui.retrainStatusLabel.setText("Retraining is not available yet in this version.")
         self.ui.promoteButton.setEnabled(False)
         self.ui.evaluationPathLineEdit.setCurrentPath(str(self.settings.value(EVALUATION_FOLDER_KEY, "") or ""))
         self.ui.evaluationPathLineEdit.currentPathChanged.connect(lambda *_: self._on_evaluation_changed())
@@ -542,7 +525,7 @@ class SegmentLesionPanel:
             self.ui.retrainStatusLabel.setText("Stopping training...")
             return
         with self.action("Retraining could not start."):
-            from .training import TrainSettings, command_line
+            from ..learning.training import TrainSettings, command_line
 
             dataset = self._dataset_folder()
             if not dataset or not (Path(dataset) / "dataset.json").is_file():

@@ -19,11 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..errors import Cancelled, InputError
+from ..io.volume import ijk_to_ras_matrix, read_volume
+from ..models.network import load_model
+from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
 from . import postprocess, preprocess
-from .errors import Cancelled, InputError
-from .model import load_model
-from .modelspec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
-from .volume import ijk_to_ras_matrix, read_volume
 
 logger = logging.getLogger("SegmentLesion")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .modelspec import LabelInfo
+from ..models.spec import LabelInfo
 from .worker import JsonLinesProcess, WorkerClient
 
 logger = logging.getLogger("SegmentLesion")

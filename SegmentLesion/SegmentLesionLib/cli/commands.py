@@ -11,7 +11,7 @@ import argparse
 import importlib
 from typing import Callable
 
-MODULES: list[str] = ["training", "export", "evaluation", "registry"]
+MODULES: list[str] = ["learning.training", "data.export", "learning.evaluation", "learning.registry"]
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -19,5 +19,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the parsers of the extra subcommands and fill ``HANDLERS``."""
     for name in MODULES:
-        module = importlib.import_module(f"{__package__}.{name}")
+        module = importlib.import_module(f"SegmentLesionLib.{name}")
         HANDLERS.update(module.add_commands(subparsers))
