@@ -11,8 +11,9 @@ import torch
 from conftest import make_model, make_volume, tiny_network_def
 from SegmentLesionLib.engine.inference import Segmenter
 from SegmentLesionLib.errors import ModelError
+from SegmentLesionLib.io.files import sha256_file
 from SegmentLesionLib.models.network import build_network, load_model
-from SegmentLesionLib.models.spec import load_spec, sha256_file
+from SegmentLesionLib.models.spec import load_spec
 
 
 def _edit_json(path, change):

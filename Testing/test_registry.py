@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import make_model
 from SegmentLesionLib.errors import InputError, ModelError
+from SegmentLesionLib.io.files import sha256_file
 from SegmentLesionLib.learning.registry import REGISTRY_ENV, Registry, default_registry_path
-from SegmentLesionLib.models.spec import WEIGHTS_FILE, sha256_file
+from SegmentLesionLib.models.spec import WEIGHTS_FILE
 from test_evaluation import write_blob_dataset
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "SegmentLesion"

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_volume, oblique_direction
 from SegmentLesionLib.errors import InputError
-from SegmentLesionLib.io.volume import atomic_path, read_labelmap, read_volume, same_geometry, write_image
+from SegmentLesionLib.io.files import atomic_path
+from SegmentLesionLib.io.volume import read_labelmap, read_volume, same_geometry, write_image
 
 
 @pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha", ".mhd"])

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
 
 from SegmentLesionLib.data.synthetic import generator as synthetic  # noqa: E402
-from SegmentLesionLib.models.spec import sha256_file  # noqa: E402
+from SegmentLesionLib.io.files import sha256_file  # noqa: E402
 
 MODEL_NAME = "SegmentLesionBrainMR"
 MODEL_VERSION = "1.0.0"

@@ -18,7 +18,7 @@ SAMPLE_CHECKSUMS = SAMPLE_DIR / "checksums.json"
 
 def verify_sample() -> None:
     """Check the sample files against their recorded sha256 (a damaged checkout should not pass silently)."""
-    from ..models.spec import sha256_file
+    from ..io.files import sha256_file
 
     if not SAMPLE_IMAGE.exists() or not SAMPLE_TRUTH.exists():
         raise InputError(f"{SAMPLE_DIR}: the sample case is missing")
@@ -33,9 +33,10 @@ def run_demo(output: Path, model_dir: str | None = None, device: str = "auto") -
     """Segment the sample case, write ``.seg.nrrd``, the lesion report and PNG previews, print Dice."""
     from ..engine.inference import Segmenter, device_description
     from ..engine.metrics import case_metrics
+    from ..io.files import write_json
     from ..io.preview import overlay_preview
     from ..io.volume import read_labelmap, read_volume
-    from ..io.writers import report_path, write_json, write_labelmap
+    from ..io.writers import report_path, write_labelmap
 
     verify_sample()
     start = time.perf_counter()

@@ -25,7 +25,8 @@ import SimpleITK as sitk
 
 from ..engine import preprocess
 from ..errors import Cancelled, InputError
-from ..io.volume import file_extension, read_labelmap, read_volume, same_geometry
+from ..io.files import file_extension
+from ..io.volume import read_labelmap, read_volume, same_geometry
 from ..models.spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover

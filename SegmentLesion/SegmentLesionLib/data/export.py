@@ -58,6 +58,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError, ModelError
+from ..io.files import sha256_file, write_json
 from ..io.volume import (
     check_3d_scalar,
     copy_geometry,
@@ -70,8 +71,8 @@ from ..io.volume import (
     same_geometry,
     strip_metadata,
 )
-from ..io.writers import write_json, write_seg_nrrd
-from ..models.spec import LESION_TERMINOLOGY, WEIGHTS_FILE, LabelInfo, ModelSpec, default_model_dir, load_spec, sha256_file
+from ..io.writers import write_seg_nrrd
+from ..models.spec import LESION_TERMINOLOGY, WEIGHTS_FILE, LabelInfo, ModelSpec, default_model_dir, load_spec
 
 logger = logging.getLogger("SegmentLesion")
 

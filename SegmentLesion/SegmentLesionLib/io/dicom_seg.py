@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from .. import __version__
 from ..errors import InputError, ModelError
 from ..models.spec import LabelInfo
-from .volume import atomic_path, dicom_series_files
+from .files import atomic_path
+from .volume import dicom_series_files
 
 SERIES_DESCRIPTION = "SegmentLesion corrected segmentation"
 # DICOM CS values: upper case, at most 16 characters.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .volume import atomic_path
+from .files import atomic_path
 
 
 def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:

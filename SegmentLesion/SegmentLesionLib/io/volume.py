@@ -7,40 +7,22 @@ No metadata from the input (DICOM tags, NIfTI descriptions) is ever copied to an
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
 import os
-import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .files import atomic_path, file_extension
 
 logger = logging.getLogger("SegmentLesion")
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
 LABELMAP_OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
-
-
-def file_extension(path: str | os.PathLike) -> str:
-    """Return the (possibly double) extension of a volume file, lower case: ``.nii.gz``, ``.seg.nrrd``..."""
-    name = Path(path).name.lower()
-    for ext in (".seg.nrrd", ".nii.gz"):
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
-
-
-def file_stem(path: str | os.PathLike) -> str:
-    """Return the file name without its (possibly double) extension."""
-    name = Path(path).name
-    ext = file_extension(path)
-    return name[: len(name) - len(ext)] if ext else name
 
 
 def dicom_series_files(folder: str | os.PathLike) -> list[Path]:
@@ -246,34 +228,6 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool
         and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
     )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension); rename it onto ``path`` when the block succeeds.
-
-    On any error the temporary file is removed and ``path`` is left untouched.
-
-    Raises:
-        InputError: ``path`` exists and ``overwrite`` is False.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: already exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = file_extension(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{file_stem(path)}.", suffix=f".tmp{ext}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp creates 0600 files; outputs (datasets shared with colleagues) get the usual 0644, or keep the
-        # mode of the file they replace.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = True) -> Path:

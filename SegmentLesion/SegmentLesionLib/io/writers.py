@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -12,7 +11,8 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..models.spec import LabelInfo
-from .volume import LABELMAP_OUTPUT_EXTENSIONS, atomic_path, file_extension, file_stem, ijk_to_lps_matrix, write_image
+from .files import atomic_path, file_extension, file_stem
+from .volume import LABELMAP_OUTPUT_EXTENSIONS, ijk_to_lps_matrix, write_image
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 
@@ -73,12 +73,4 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterab
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation)
-    return path
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write JSON atomically (no NaN/Inf allowed)."""
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from ..data.datasets import DATASET_FILE, Dataset, DatasetCase, read_case, read_dataset
 from ..engine import metrics
 from ..errors import Cancelled, InputError
-from ..models.spec import sha256_file
+from ..io.files import sha256_file
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -294,7 +294,7 @@ def _console_progress() -> ProgressCallback:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: the output is checked before any work starts; nothing is written on failure."""
-    from ..io.writers import write_json
+    from ..io.files import write_json
 
     output = Path(args.output) if args.output else None
     if output is not None:

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import InputError, ModelError
-from ..models.spec import WEIGHTS_FILE, default_model_dir, load_spec, sha256_file
+from ..io.files import sha256_file
+from ..models.spec import WEIGHTS_FILE, default_model_dir, load_spec
 
 try:  # POSIX
     import fcntl
@@ -207,7 +208,7 @@ class Registry:
 
         Every change to the index goes through here, so concurrent processes never lose each other's changes.
         """
-        from ..io.writers import write_json
+        from ..io.files import write_json
 
         with _file_lock(self.path / LOCK_FILE):
             data = self._read_index()
@@ -481,7 +482,7 @@ class Registry:
         return None
 
     def _store_evaluation(self, entry_id: str, key: str, result: dict[str, Any], min_lesion_ml: float) -> None:
-        from ..io.writers import write_json
+        from ..io.files import write_json
 
         relative = f"{EVALUATIONS_DIR}/{entry_id}-{key}.json"
         write_json(result, self.path / relative)

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
-from .spec import ALLOWED_NETWORKS, WEIGHTS_FILE, ModelSpec, check_network_def, load_spec, network_name, sha256_file, write_config_files
+from ..io.files import sha256_file
+from .spec import ALLOWED_NETWORKS, WEIGHTS_FILE, ModelSpec, check_network_def, load_spec, network_name, write_config_files
 
 logger = logging.getLogger("SegmentLesion")
 

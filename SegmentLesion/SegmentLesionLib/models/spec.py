@@ -15,7 +15,6 @@ Two kinds of folder are understood:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -132,15 +131,6 @@ class ModelSpec:
 def default_model_dir() -> Path:
     """The bundled default model folder (overridable with the SEGMENT_LESION_MODEL environment variable)."""
     return Path(os.environ.get("SEGMENT_LESION_MODEL", DEFAULT_MODEL_DIR))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_plain(value: Any, where: str) -> None:

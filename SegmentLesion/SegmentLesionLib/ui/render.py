@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import slicer
 import vtk
 
-from ..io.volume import atomic_path
+from ..io.files import atomic_path
 
 ORIENTATIONS = ("Axial", "Sagittal", "Coronal")
 
@@ -245,7 +245,7 @@ def render_demo_slice(
         InputError: a file that cannot be read, or a segmentation that is not on the volume's grid.
     """
     from ..errors import InputError
-    from ..io.volume import file_extension
+    from ..io.files import file_extension
     from ..models.spec import DEFAULT_COLORS, LabelInfo
     from .mrml import LesionSegmentationLogic, image_array
 

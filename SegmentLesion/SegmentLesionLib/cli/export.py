@@ -1,0 +1,13 @@
+"""``export``: the command line of ``data.export``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export`` parsers."""
+    from ..data.export import add_commands  # TODO(restructure): the parser moves here
+
+    for command, handler in add_commands(subparsers).items():
+        subparsers.choices[command].set_defaults(handler=handler)

@@ -1,0 +1,13 @@
+"""``models``: the command line of ``learning.registry``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``models`` parsers."""
+    from ..learning.registry import add_commands  # TODO(restructure): the parser moves here
+
+    for command, handler in add_commands(subparsers).items():
+        subparsers.choices[command].set_defaults(handler=handler)
