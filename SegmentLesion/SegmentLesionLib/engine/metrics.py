@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from .regions import bounding_box, label_components
 
 COUNT_KEYS = ("lesions_true", "lesions_found", "false_positive_lesions")
 """Keys that :func:`mean_metrics` sums instead of averaging."""
@@ -70,11 +71,6 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     if not all(math.isfinite(s) and s > 0 for s in values):
         raise InputError(f"spacing must be finite and positive, got {values}")
     return values
-
-
-def _full_connectivity(ndim: int) -> np.ndarray:
-    """The full-connectivity structuring element (26 neighbours in 3D, 8 in 2D)."""
-    return np.ones((3,) * ndim, dtype=bool)
 
 
 def _voxel_ml(spacing: tuple[float, ...]) -> float:
@@ -132,16 +128,6 @@ def iou(prediction: Any, truth: Any) -> float:
     return float(np.count_nonzero(pred & true)) / float(union)
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """The smallest box holding the (non-empty) ``mask``, grown by ``margin`` and clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)
-
-
 def _border(mask: np.ndarray) -> np.ndarray:
     """Border voxels as MONAI's ``get_mask_edges`` finds them: the mask minus its face-connectivity erosion."""
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
@@ -174,7 +160,7 @@ def surface_distances(prediction: Any, truth: Any, spacing: Sequence[float]) -> 
         return None, None
     # Work inside the bounding box of both masks plus one voxel: all border voxels lie inside it, so the
     # borders and the distances between them are the same as on the whole array, at a fraction of the cost.
-    box = _bounding_box(pred | true, margin=1)
+    box = bounding_box(pred | true, margin=1)
     pred_border = _border(pred[box])
     true_border = _border(true[box])
     pred_to_true = _directed_distances(pred_border, true_border, sampling)
@@ -203,10 +189,9 @@ def lesion_detection(prediction: Any, truth: Any, spacing: Sequence[float], min_
     """
     pred, true = _check_pair(prediction, truth)
     voxel = _voxel_ml(_check_spacing(spacing, pred.ndim))
-    structure = _full_connectivity(pred.ndim)
 
-    true_labels, n_true = ndimage.label(true, structure=structure)
-    pred_labels, n_pred = ndimage.label(pred, structure=structure)
+    true_labels, n_true = label_components(true)
+    pred_labels, n_pred = label_components(pred)
     overlap = pred & true
 
     sizes_ml = np.bincount(true_labels.ravel(), minlength=n_true + 1)[1:] * voxel

@@ -14,7 +14,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
-FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-neighbourhood, as the metrics use
+from .regions import bounding_box, full_connectivity, label_components
 
 
 @dataclass
@@ -24,18 +24,6 @@ class Lesions:
     labelmap: np.ndarray  # class label per voxel (0 = background), uint8
     components: np.ndarray  # lesion id per voxel (0 = none), numbered by decreasing volume
     count: int
-
-
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    """The smallest box holding ``mask`` (plus ``margin``), computed from projections without a full copy."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)
 
 
 def find_lesions(
@@ -66,14 +54,14 @@ def find_lesions(
     labelmap = np.zeros(shape, dtype=np.uint8)
     components = np.zeros(shape, dtype=np.uint16)
     mask_full = probability >= threshold
-    box = _bounding_box(mask_full)
+    box = bounding_box(mask_full)
     if box is None:
         return Lesions(labelmap, components, 0)
     mask = mask_full[box]
     del mask_full
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)
-    labelled, count = ndimage.label(mask, structure=FULL_CONNECTIVITY)
+    labelled, count = label_components(mask)
     voxel_mm3 = float(np.prod(spacing))
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
     keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3]
@@ -136,7 +124,7 @@ def lesion_table(
         ijk = kji[:, ::-1].astype(float)
         ras = ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
         # Surface voxels are enough for the diameter; interior points never lie on the hull.
-        surface = local & ~ndimage.binary_erosion(local, structure=FULL_CONNECTIVITY)
+        surface = local & ~ndimage.binary_erosion(local, structure=full_connectivity())
         surface_ras = (np.argwhere(surface) + np.array([s.start for s in box]))[:, ::-1].astype(float)
         surface_ras = surface_ras @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
         entry: dict[str, Any] = {
