@@ -1,38 +1,44 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+# `make demo` installs what the demo needs; `make test` adds the test extras on top.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.segment-lesion-installed
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+DEMO_STAMP := $(VENV)/.segment-lesion-demo
+TEST_STAMP := $(VENV)/.segment-lesion-test
 
 .PHONY: demo test test-slow test-all lint benchmark clean
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned, so nothing else pulls a multi-GB build (see ../shared/platform.md)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
-	# nnU-Net only for its dataset checker; --no-deps keeps torch 2.13.0
-	$(BIN)/python -m pip install -q --no-deps nnunetv2 acvl-utils batchgenerators
-	$(BIN)/python -m pip install -q pandas scikit-image blosc2
-	touch $(STAMP)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[demo]'
+	touch $(DEMO_STAMP)
 
-demo: $(STAMP)
+$(TEST_STAMP): $(DEMO_STAMP)
+	$(PIP) -e '.[demo,test]'
+	# nnU-Net only for its dataset checker; --no-deps keeps torch 2.13.0 (and pip's resolver quiet)
+	$(PIP) --no-deps nnunetv2 acvl-utils batchgenerators
+	touch $(TEST_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/segment-lesion demo --output demo-output
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check SegmentLesion Testing benchmarks
+	$(BIN)/ruff format --check SegmentLesion Testing benchmarks
 
-benchmark: $(STAMP)
+benchmark: $(TEST_STAMP)
 	$(BIN)/python benchmarks/bench_segment.py
 
 clean:
