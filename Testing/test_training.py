@@ -29,6 +29,7 @@ from SegmentLesionLib.errors import Cancelled, InputError
 from SegmentLesionLib.io.volume import read_labelmap
 from SegmentLesionLib.learning import train_network, training
 from SegmentLesionLib.learning.train_data import split_cases
+from SegmentLesionLib.learning.train_records import TrainingSummary
 from SegmentLesionLib.learning.train_settings import SCRATCH_NETWORKS, TrainSettings, command_line
 from SegmentLesionLib.learning.trained_model import bump_version
 from SegmentLesionLib.models.network import build_network, load_model, save_model
@@ -269,6 +270,7 @@ def test_train_from_scratch_end_to_end(
     # The duration is recorded unrounded: however fast the machine, a run that did two epochs took some time.
     assert t["minutes"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t["date"])
     assert str(tmp_path) not in json.dumps(t)  # the folder name only, no path
+    assert TrainingSummary.from_json(t).to_json() == t  # the typed record reads back what it wrote
     assert spec.spacing == [1.0, 1.0, 1.5] and spec.intensity == {"mode": "zscore", "clip_percentiles": [0.5, 99.5], "foreground": "mean"}
     assert spec.network_def["channels"] == [4, 8, 16] and spec.patch_size == [16, 16, 16] and spec.orientation == "RAS"
     assert 0.0 <= spec.metrics["dice"] <= 1.0 and spec.metrics["mean"]["cases"] == 1 and spec.metrics["epoch"] == t["best_epoch"]
@@ -381,7 +383,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, dataset:
     assert resumed.history == [dataclasses.replace(a, seconds=b.seconds) for a, b in zip(whole.history, resumed.history)]
     last_whole = torch.load(tmp_path / "whole.checkpoint" / "last.pt", weights_only=True)["model"]
     last_cut = torch.load(tmp_path / "cut.checkpoint" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(last_whole[key], last_cut[key]) for key in last_whole)
+    assert last_whole.keys() == last_cut.keys() and all(torch.equal(last_whole[key], last_cut[key]) for key in last_whole)
     model_whole, model_cut = weights(tmp_path / "whole"), weights(tmp_path / "cut")
     assert model_whole.keys() == model_cut.keys() and all(torch.equal(model_whole[key], model_cut[key]) for key in model_whole)
     Segmenter(tmp_path / "cut", "cpu")

@@ -5,18 +5,22 @@ torch and MONAI are imported inside functions, so reading a dataset or building 
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..errors import InputError
-from .train_settings import SCRATCH_NETWORKS, TrainSettings
+from ..errors import InputError, ModelError
+from .train_settings import SCRATCH, SCRATCH_NETWORKS, TrainSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ..data.datasets import Dataset, PreparedCase
     from ..models.spec import ModelSpec
+    from .checkpoints import Checkpoint
 
 
 def scratch_network_def(network: str, channels: list[int], out_channels: int, in_channels: int = 1, res_units: int = 1) -> dict[str, Any]:
@@ -179,3 +183,56 @@ def state_dict_copy(network: Any) -> dict[str, Any]:
     """The weights on the CPU, detached and copied (of the inner module under DistributedDataParallel)."""
     module = network.module if hasattr(network, "module") else network
     return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+
+@dataclass
+class RunModel:
+    """What a run trains: the spec and network (new, the parent's, or the checkpoint's) and where they came from.
+
+    Attributes:
+        spec: the model's spec (its training summary and metrics are the run's own once it ends).
+        network: the network, on the CPU.
+        run_id: identifies the run across resumed sessions.
+        parent: the fine-tuned model (``{"name", "version", "sha256"}``), None from scratch.
+        scratch: a new network.
+        patch: the training patch.
+    """
+
+    spec: ModelSpec
+    network: Any
+    run_id: str
+    parent: dict[str, Any] | None
+    scratch: bool
+    patch: list[int]
+
+
+def new_model(settings: TrainSettings, dataset: Dataset) -> RunModel:
+    """A new network (``--init scratch``), or the parent model to fine-tune (``--init`` or the default model).
+
+    Raises:
+        ModelError: the parent model does not exist or cannot be loaded.
+        InputError: the patch size does not suit the network.
+    """
+    from ..engine.inference import default_model_dir
+    from ..models.network import build_network, load_model
+
+    if settings.init == SCRATCH:
+        spec = scratch_spec(dataset, settings, training_patch_size(settings, None))
+        return RunModel(spec, build_network(spec.network_def), uuid.uuid4().hex, None, True, training_patch_size(settings, spec))
+    folder = Path(settings.init) if settings.init else default_model_dir()
+    if not folder.is_dir():
+        where = "the bundled default model" if not settings.init else "--init"
+        raise ModelError(f"{folder}: {where} does not exist (yet); give --init MODEL_DIR, or --init scratch to train a new network")
+    spec, network = load_model(folder, "cpu")
+    parent = {"name": spec.name, "version": spec.version, "sha256": spec.weights_sha256}
+    spec.training, spec.metrics = {}, {}
+    return RunModel(spec, network, uuid.uuid4().hex, parent, False, training_patch_size(settings, spec))
+
+
+def model_from_checkpoint(checkpoint: Checkpoint) -> RunModel:
+    """The model of an interrupted run, with the weights of its last epoch."""
+    from ..models.network import build_network
+
+    network = build_network(checkpoint.spec.network_def)
+    network.load_state_dict(checkpoint.model)
+    return RunModel(checkpoint.spec, network, checkpoint.run_id, checkpoint.parent, checkpoint.scratch, list(checkpoint.patch_size))

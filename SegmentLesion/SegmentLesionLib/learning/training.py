@@ -29,18 +29,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Cancelled, ModelError
+from ..errors import Cancelled
 from ..io.files import utc_timestamp
 from . import checkpoints
 from .distributed import Distributed
 from .train_data import load_training_cases, split_cases
 from .train_loop import Trainer
-from .train_network import scratch_spec, state_dict_copy, training_patch_size
+from .train_network import model_from_checkpoint, new_model, state_dict_copy
 from .train_records import STOPPED_EARLY, STOPPED_MAX_EPOCHS, STOPPED_MAX_MINUTES, BestEpoch, EpochRecord, TrainingSummary
 from .train_settings import SCRATCH, TrainSettings
 from .trained_model import name_trained_spec, record_training
@@ -117,18 +116,6 @@ def train(
         torch.set_num_threads(threads)
 
 
-@dataclass
-class _Model:
-    """What a run trains: the spec and network (new, the parent's, or the checkpoint's) and where it came from."""
-
-    spec: ModelSpec
-    network: Any
-    run_id: str
-    parent: dict[str, Any] | None
-    scratch: bool
-    patch: list[int]
-
-
 class _Run:
     """One training run: set-up, the epoch loop with its stopping rules and checkpoints, the model folder."""
 
@@ -186,7 +173,7 @@ class _Run:
         self.dist.start(self.device)
         set_determinism(seed=self.settings.seed)
         self.dataset = datasets.read_dataset(self.settings.dataset)
-        self.model = self._model_from_checkpoint() if self.checkpoint is not None else self._new_model()
+        self.model = model_from_checkpoint(self.checkpoint) if self.checkpoint is not None else new_model(self.settings, self.dataset)
         split = (self.checkpoint.train_cases, self.checkpoint.val_cases) if self.checkpoint is not None else self._split()
         self.cases = load_training_cases(
             self.dataset,
@@ -200,42 +187,16 @@ class _Run:
         )
         lr = self.settings.lr if self.settings.lr is not None else (1e-3 if self.model.scratch else 5e-4)
         self.trainer = Trainer(self.model.network, self.model.spec, self.settings, lr, self.device, self.dist)
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
         self._log_start()
         self.report(
             self.epoch,
             {"stage": "start", "train_cases": self.cases.train_ids, "val_cases": self.cases.val_ids, "skipped_cases": self.cases.skipped},
         )
-        if self.checkpoint is not None:
-            self._restore(self.checkpoint)
 
     def _split(self) -> tuple[list[str], list[str]]:
         return split_cases([case.case_id for case in self.dataset.cases], self.settings.val_fraction, self.settings.seed)
-
-    def _new_model(self) -> _Model:
-        """A new network (``--init scratch``), or the parent model to fine-tune (``--init`` or the default model)."""
-        from ..engine.inference import default_model_dir
-        from ..models.network import build_network, load_model
-
-        settings = self.settings
-        if settings.init == SCRATCH:
-            spec = scratch_spec(self.dataset, settings, training_patch_size(settings, None))
-            return _Model(spec, build_network(spec.network_def), uuid.uuid4().hex, None, True, training_patch_size(settings, spec))
-        folder = Path(settings.init) if settings.init else default_model_dir()
-        if not folder.is_dir():
-            where = "the bundled default model" if not settings.init else "--init"
-            raise ModelError(f"{folder}: {where} does not exist (yet); give --init MODEL_DIR, or --init scratch to train a new network")
-        spec, network = load_model(folder, "cpu")
-        parent = {"name": spec.name, "version": spec.version, "sha256": spec.weights_sha256}
-        spec.training, spec.metrics = {}, {}
-        return _Model(spec, network, uuid.uuid4().hex, parent, False, training_patch_size(settings, spec))
-
-    def _model_from_checkpoint(self) -> _Model:
-        from ..models.network import build_network
-
-        checkpoint = self.checkpoint
-        network = build_network(checkpoint.spec.network_def)
-        network.load_state_dict(checkpoint.model)
-        return _Model(checkpoint.spec, network, checkpoint.run_id, checkpoint.parent, checkpoint.scratch, list(checkpoint.patch_size))
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         """Continue the records, optimiser state and random generators where the checkpoint left them."""
