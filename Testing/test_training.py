@@ -6,6 +6,7 @@ spheres (the lesions) inside a brighter ball (the head) in noise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,12 +21,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 from SegmentLesionLib import cli
+from SegmentLesionLib.cli.train import settings_from_args
 from SegmentLesionLib.data import datasets
 from SegmentLesionLib.engine import preprocess
 from SegmentLesionLib.engine.inference import Segmenter
 from SegmentLesionLib.errors import Cancelled, InputError
 from SegmentLesionLib.io.volume import read_labelmap
-from SegmentLesionLib.learning import training
+from SegmentLesionLib.learning import train_network, training
+from SegmentLesionLib.learning.train_data import split_cases
+from SegmentLesionLib.learning.train_records import TrainingSummary
+from SegmentLesionLib.learning.train_settings import SCRATCH_NETWORKS, TrainSettings, command_line
+from SegmentLesionLib.learning.trained_model import bump_version
 from SegmentLesionLib.models.network import build_network, load_model, save_model
 from SegmentLesionLib.models.spec import LabelInfo, ModelSpec, load_spec
 
@@ -177,37 +183,37 @@ def test_dataset_labels_unknown_to_the_model_are_refused() -> None:
 
 def test_split_is_by_case_and_deterministic() -> None:
     ids = [f"c{i}" for i in range(10)]
-    train, val = training.split_cases(ids, 0.2, 42)
+    train, val = split_cases(ids, 0.2, 42)
     assert len(val) == 2 and sorted(train + val) == ids and not set(train) & set(val)
-    assert training.split_cases(list(reversed(ids)), 0.2, 42) == (train, val)  # listing order does not matter
-    assert {tuple(training.split_cases(ids, 0.2, seed)[1]) for seed in range(10)} != {tuple(val)}
-    assert training.split_cases(["a", "b"], 0.2, 1)[1] != [] and training.split_cases(["a"], 0.2, 1) == (["a"], [])
-    assert training.split_cases(ids, 0.0, 1) == (ids, [])
+    assert split_cases(list(reversed(ids)), 0.2, 42) == (train, val)  # listing order does not matter
+    assert {tuple(split_cases(ids, 0.2, seed)[1]) for seed in range(10)} != {tuple(val)}
+    assert split_cases(["a", "b"], 0.2, 1)[1] != [] and split_cases(["a"], 0.2, 1) == (["a"], [])
+    assert split_cases(ids, 0.0, 1) == (ids, [])
 
 
 def test_bump_version_and_patch_divisor() -> None:
     import datetime
 
     when = datetime.datetime(2025, 3, 4, 5, 6, 7)
-    assert training.bump_version("1.0.0", when) == "1.0.0+ft.20250304050607"
-    assert training.bump_version("1.0.0+ft.20240101000000", when) == "1.0.0+ft.20250304050607"
-    assert training.patch_divisor(training.scratch_network_def("UNet", [4, 8, 16, 32], 2)) == [8, 8, 8]
-    assert training.patch_divisor(training.scratch_network_def("BasicUNet", [4, 4, 8, 16, 32], 2)) == [16, 16, 16]
-    for name in training.SCRATCH_NETWORKS:  # every scratch network builds and runs on a patch of its divisor
-        definition = training.scratch_network_def(name, [4, 4, 8, 16, 32] if name == "BasicUNet" else [4, 8, 16], 2)
-        side = 2 * max(training.patch_divisor(definition))  # the smallest patch training accepts
+    assert bump_version("1.0.0", when) == "1.0.0+ft.20250304050607"
+    assert bump_version("1.0.0+ft.20240101000000", when) == "1.0.0+ft.20250304050607"
+    assert train_network.patch_divisor(train_network.scratch_network_def("UNet", [4, 8, 16, 32], 2)) == [8, 8, 8]
+    assert train_network.patch_divisor(train_network.scratch_network_def("BasicUNet", [4, 4, 8, 16, 32], 2)) == [16, 16, 16]
+    for name in SCRATCH_NETWORKS:  # every scratch network builds and runs on a patch of its divisor
+        definition = train_network.scratch_network_def(name, [4, 4, 8, 16, 32] if name == "BasicUNet" else [4, 8, 16], 2)
+        side = 2 * max(train_network.patch_divisor(definition))  # the smallest patch training accepts
         out = build_network(definition).train()(torch.zeros(2, 1, side, side, side))
         assert tuple(out.shape) == (2, 2, side, side, side)
 
 
 def test_command_line_round_trips_through_the_parser() -> None:
-    settings = training.TrainSettings(
+    settings = TrainSettings(
         dataset="/d", output="/o", init="scratch", max_epochs=7, max_minutes=2.5, patch_size=[16, 16, 32], channels=[4, 8],
         lr=0.01, patience=None, augment=False, overwrite=True, progress_json="-", spacing=[1.0, 1.0, 2.0], threads=1,
     )  # fmt: skip
-    argv = training.command_line(settings, python="python")
+    argv = command_line(settings, python="python")
     assert argv[:4] == ["python", "-m", "SegmentLesionLib", "train"]
-    parsed = training.settings_from_args(cli.build_parser().parse_args(argv[3:]))
+    parsed = settings_from_args(cli.build_parser().parse_args(argv[3:]))
     assert parsed == settings
 
 
@@ -260,8 +266,11 @@ def test_train_from_scratch_end_to_end(
     assert t["dataset"] == "Dataset002_WithCorrupt" and t["init"] == "scratch" and t["parent"] is None
     assert t["skipped_cases"] == ["case_00004"] and t["cases"] == 4 and len(t["val_cases"]) == 1
     assert sorted(t["train_cases"] + t["val_cases"]) == ["case_00000", "case_00001", "case_00002", "case_00003"]
-    assert t["seed"] == 42 and t["epochs"] == 2 and t["stopped"] == "max_epochs" and t["minutes"] > 0
+    assert t["seed"] == 42 and t["epochs"] == 2 and t["stopped"] == "max_epochs"
+    # The duration is recorded unrounded: however fast the machine, a run that did two epochs took some time.
+    assert t["minutes"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t["date"])
     assert str(tmp_path) not in json.dumps(t)  # the folder name only, no path
+    assert TrainingSummary.from_json(t).to_json() == t  # the typed record reads back what it wrote
     assert spec.spacing == [1.0, 1.0, 1.5] and spec.intensity == {"mode": "zscore", "clip_percentiles": [0.5, 99.5], "foreground": "mean"}
     assert spec.network_def["channels"] == [4, 8, 16] and spec.patch_size == [16, 16, 16] and spec.orientation == "RAS"
     assert 0.0 <= spec.metrics["dice"] <= 1.0 and spec.metrics["mean"]["cases"] == 1 and spec.metrics["epoch"] == t["best_epoch"]
@@ -275,6 +284,7 @@ def test_train_from_scratch_end_to_end(
     assert sent[-1]["event"] == "done" and sent[-1]["model"] == str(out)
     assert [e["epoch"] for e in sent if e.get("stage") == "epoch"] == [1, 2]
     assert {"loading", "start", "train", "epoch"} <= {e.get("stage") for e in sent}
+    assert f"-> {out} (best val_dice" in stdout and "2 epoch(s), stopped: max_epochs" in stdout
 
 
 def test_training_learns_the_lesions(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
@@ -323,7 +333,7 @@ def test_no_usable_case_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_fine_tune_records_the_parent_and_bumps_the_version(tmp_path: Path, dataset: Path) -> None:
-    definition = training.scratch_network_def("UNet", [4, 8, 16], 2)
+    definition = train_network.scratch_network_def("UNet", [4, 8, 16], 2)
     torch.manual_seed(0)
     parent_spec = ModelSpec(
         "ParentModel", "1.2.0", definition, [LabelInfo(1, "lesion", [1.0, 0.3, 0.2])], spacing=[1.0, 1.0, 1.5],
@@ -332,7 +342,7 @@ def test_fine_tune_records_the_parent_and_bumps_the_version(tmp_path: Path, data
     parent = save_model(tmp_path / "parent", parent_spec, build_network(definition))
     parent_sha = load_spec(parent).weights_sha256
     result = training.train(
-        training.TrainSettings(dataset=str(dataset), output=str(tmp_path / "child"), init=str(parent), max_epochs=1, iterations_per_epoch=3)
+        TrainSettings(dataset=str(dataset), output=str(tmp_path / "child"), init=str(parent), max_epochs=1, iterations_per_epoch=3)
     )
     spec, _ = load_model(result.model_dir)
     assert spec.name == "ParentModel" and re.fullmatch(r"1\.2\.0\+ft\.\d{14}", spec.version)
@@ -355,7 +365,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, dataset:
         "iterations_per_epoch": 4,
         "max_epochs": 3,
     }
-    whole = training.train(training.TrainSettings(output=str(tmp_path / "whole"), **common))
+    whole = training.train(TrainSettings(output=str(tmp_path / "whole"), **common))
     stop = {"now": False}
 
     def progress(epoch: int, max_epochs: int, info: dict) -> None:
@@ -363,18 +373,19 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, dataset:
             stop["now"] = True
 
     with pytest.raises(Cancelled):
-        training.train(training.TrainSettings(output=str(tmp_path / "cut"), **common), progress, lambda: stop["now"])
+        training.train(TrainSettings(output=str(tmp_path / "cut"), **common), progress, lambda: stop["now"])
     assert not (tmp_path / "cut").exists()  # cancelled: no model, but the checkpoint stays
     with caplog.at_level("INFO", logger="SegmentLesion"):
-        resumed = training.train(training.TrainSettings(output=str(tmp_path / "cut"), resume=True, **common))
+        resumed = training.train(TrainSettings(output=str(tmp_path / "cut"), resume=True, **common))
     assert "resuming from epoch 2" in caplog.text
     assert resumed.epochs == 3 and resumed.spec.training["resumed_at_epochs"] == [2]
-    assert [entry["epoch"] for entry in resumed.history] == [1, 2, 3]
-    assert resumed.history == [{**a, "seconds": b["seconds"]} for a, b in zip(whole.history, resumed.history)]
+    assert [entry.epoch for entry in resumed.history] == [1, 2, 3]
+    assert resumed.history == [dataclasses.replace(a, seconds=b.seconds) for a, b in zip(whole.history, resumed.history)]
     last_whole = torch.load(tmp_path / "whole.checkpoint" / "last.pt", weights_only=True)["model"]
     last_cut = torch.load(tmp_path / "cut.checkpoint" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(last_whole[key], last_cut[key]) for key in last_whole)
-    assert weights(tmp_path / "whole").keys() == weights(tmp_path / "cut").keys()
+    assert last_whole.keys() == last_cut.keys() and all(torch.equal(last_whole[key], last_cut[key]) for key in last_whole)
+    model_whole, model_cut = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert model_whole.keys() == model_cut.keys() and all(torch.equal(model_whole[key], model_cut[key]) for key in model_whole)
     Segmenter(tmp_path / "cut", "cpu")
 
 
@@ -382,7 +393,10 @@ def test_cli_resume_with_more_epochs(
     tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "model"
-    code, stdout, stderr = run_cli(["train", "--dataset", dataset, "--output", out, *TINY, "--max-epochs", "2"], capsys)
+    # No validation: the model holds the last epoch's weights, so the resumed run's third epoch must change them.
+    code, stdout, stderr = run_cli(
+        ["train", "--dataset", dataset, "--output", out, *TINY, "--max-epochs", "2", "--val-fraction", "0"], capsys
+    )
     assert code == 0, stderr
     first_sha = load_spec(out).weights_sha256
     with caplog.at_level("INFO", logger="SegmentLesion"):
@@ -393,7 +407,7 @@ def test_cli_resume_with_more_epochs(
     spec, _ = load_model(out)
     assert spec.training["epochs"] == 3 and spec.training["resumed_at_epochs"] == [2] and spec.training["iterations_per_epoch"] == 4
     assert spec.network_def["channels"] == [4, 8, 16]  # the interrupted run's settings, not the defaults
-    assert spec.weights_sha256 and first_sha
+    assert spec.training["val_cases"] == [] and spec.weights_sha256 != first_sha
     # Another run's checkpoint cannot take over a model it did not write.
     other = tmp_path / "other"
     shutil.copytree(tmp_path / "model.checkpoint", tmp_path / "other.checkpoint")
@@ -406,22 +420,32 @@ def test_cli_resume_with_more_epochs(
     assert code == 1 and "not written by the run being resumed" in stderr
 
 
-def test_max_minutes_stops_cleanly_and_writes_the_model(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "model"
-    code, stdout, stderr = run_cli(
-        ["train", "--dataset", dataset, "--output", out, *TINY, "--max-epochs", "50", "--max-minutes", "0.0005"], capsys
-    )
-    assert code == 0, stderr
-    spec, _ = load_model(out)
+def test_max_minutes_stops_cleanly_and_writes_the_model(tmp_path: Path, dataset: Path) -> None:
+    """The time limit is read from an injected clock: it runs out after the second iteration of epoch 1, whatever the
+    machine's speed, and the run stops there, validates, and writes the model."""
+    now = {"seconds": 0.0}
+
+    def progress(epoch: int, max_epochs: int, info: dict) -> None:
+        if info["stage"] == "train" and info["iteration"] == 2:
+            now["seconds"] = 61.0  # past --max-minutes 1
+
+    settings = TrainSettings(
+        dataset=str(dataset), output=str(tmp_path / "model"), init="scratch", channels=[4, 8, 16], patch_size=[16],
+        iterations_per_epoch=4, max_epochs=50, max_minutes=1.0,
+    )  # fmt: skip
+    result = training.train(settings, progress, clock=lambda: now["seconds"])
+    assert result.stopped == "max_minutes" and result.epochs == 1
+    assert [entry.iterations for entry in result.history] == [2]  # stopped inside the first epoch
+    assert result.history[0].val_dice is not None  # the cut epoch still validated: the model is the best so far
+    spec, _ = load_model(tmp_path / "model")
     assert spec.training["stopped"] == "max_minutes" and spec.training["epochs"] == 1
-    assert spec.training["history"][0]["iterations"] < 4  # stopped inside the first epoch
-    assert "stopped: max_minutes" in stdout
+    assert spec.training["minutes"] == pytest.approx(61.0 / 60.0)
 
 
 def test_early_stopping(tmp_path: Path, dataset: Path) -> None:
     # lr 0: the weights never change, so the validation Dice never improves after epoch 1.
     result = training.train(
-        training.TrainSettings(
+        TrainSettings(
             dataset=str(dataset), output=str(tmp_path / "m"), init="scratch", channels=[4, 8, 16], patch_size=[16],
             iterations_per_epoch=2, max_epochs=10, patience=2, lr=0.0,
         )
@@ -468,7 +492,7 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path: Path, dataset
     assert not out.exists() and (tmp_path / "model.checkpoint" / "last.pt").is_file()
     stopped_at = torch.load(tmp_path / "model.checkpoint" / "last.pt", weights_only=True)["epoch"]
     assert stopped_at >= 2
-    result = training.train(training.TrainSettings(dataset=str(dataset), output=str(out), resume=True, max_epochs=stopped_at + 1))
+    result = training.train(TrainSettings(dataset=str(dataset), output=str(out), resume=True, max_epochs=stopped_at + 1))
     assert result.epochs == stopped_at + 1 and result.spec.training["resumed_at_epochs"] == [stopped_at]
-    assert [entry["epoch"] for entry in result.history] == list(range(1, stopped_at + 2))
+    assert [entry.epoch for entry in result.history] == list(range(1, stopped_at + 2))
     Segmenter(out, "cpu").segment_file(dataset / "imagesTr" / "case_00001_0000.nii.gz")

@@ -525,7 +525,7 @@ class SegmentLesionPanel:
             self.ui.retrainStatusLabel.setText("Stopping training...")
             return
         with self.action("Retraining could not start."):
-            from ..learning.training import TrainSettings, command_line
+            from ..learning.train_settings import TrainSettings, command_line
 
             dataset = self._dataset_folder()
             if not dataset or not (Path(dataset) / "dataset.json").is_file():
