@@ -40,7 +40,7 @@ from .case_ids import case_ids_on_disk, dicom_identity, dicom_modality, generate
 from .comparison import compare_labels, label_statistics
 from .journal import DatasetMeta
 from .labels import OVERLAP_RULES, LabelSource, format_name, label_on_image_grid, labels_dict, read_label
-from .provenance import InferenceRecord, ModelIdentity, Provenance, SourceRecord, software_versions
+from .provenance import InferenceRecord, LabelRecord, ModelIdentity, Provenance, SourceRecord, software_versions
 from .summary import dataset_summary, plural
 
 __all__ = ["FORMATS", "PreparedExport", "commit_export", "dataset_summary", "export_case", "generate_case_id", "prepare_export"]
@@ -255,7 +255,7 @@ def prepare_export(
 
 def _prepare_labels(
     volume: sitk.Image, label: LabelSource, ai_label: LabelSource | None, labels: list[LabelInfo], overlap: str
-) -> dict[str, tuple[sitk.Image, Any]]:
+) -> dict[str, tuple[sitk.Image, LabelRecord]]:
     """The corrected (``label``) and AI (``ai_label``) labelmaps on the image grid, with their label records."""
     result = {}
     for role, source, where in (("label", label, "label"), ("ai_label", ai_label, "AI label")):
@@ -268,7 +268,7 @@ def _prepare_labels(
 
 
 def _build_provenance(
-    prepared: Mapping[str, tuple[sitk.Image, Any]],
+    prepared: Mapping[str, tuple[sitk.Image, LabelRecord]],
     volume: sitk.Image,
     source: SourceRecord,
     spec: ModelSpec | None,
