@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from SegmentLesionLib.errors import InputError, ModelError
-from SegmentLesionLib.io.dicom_seg import build_dicom_seg, write_dicom_seg
+from SegmentLesionLib.io.dicom_seg import build_dicom_seg, save_dicom_seg
 from SegmentLesionLib.io.volume import dicom_series_files, read_volume
 from SegmentLesionLib.models.spec import LESION_TERMINOLOGY, LabelInfo
 
@@ -113,7 +113,7 @@ def test_dicom_seg_round_trip_references_terminology_algorithm(tmp_path):
     series = tmp_path / "series"
     identity = write_ct_series(series)
     label = series_label(series, {1: (slice(1, 3), slice(2, 5), slice(3, 7)), 2: (slice(4, 5), slice(6, 9), slice(1, 4))})
-    path = write_dicom_seg(label, series, tmp_path / "seg.dcm", LABELS, MODEL)
+    path = save_dicom_seg(build_dicom_seg(label, series, LABELS, MODEL), tmp_path / "seg.dcm")
 
     seg = hd.seg.segread(str(path))
     assert np.array_equal(read_back(path, series), sitk.GetArrayFromImage(label))
@@ -141,12 +141,13 @@ def test_dicom_seg_empty_label_and_manual(tmp_path):
     series = tmp_path / "series"
     write_ct_series(series, size=(8, 8, 4))
     label = series_label(series, {})
-    path = write_dicom_seg(label, series, tmp_path / "empty.dcm", LABELS[:1], model=None)
+    segmentation = build_dicom_seg(label, series, LABELS[:1], model=None)
+    path = save_dicom_seg(segmentation, tmp_path / "empty.dcm")
     seg = hd.seg.segread(str(path))
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
     assert not read_back(path, series).any()
     with pytest.raises(InputError, match="already exists"):
-        write_dicom_seg(label, series, path, LABELS[:1])
+        save_dicom_seg(segmentation, path)
 
 
 def test_dicom_seg_refuses_wrong_grid_values_and_terminology(tmp_path):

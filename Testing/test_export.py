@@ -1,7 +1,8 @@
 """Export of corrected labels into a training dataset, checked with nnU-Net's and MONAI's own readers.
 
 Real files, real subprocesses (concurrent exports, a process killed mid-export), a real DICOM series with a
-patient identity, and the real SegmentLesion CLI.
+patient identity, and the real SegmentLesion CLI. Subprocesses that must crash or pause at a step of the commit
+run the CLI through a small wrapper script that installs a step hook (``journal.step_hooks``) first.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,18 +21,13 @@ import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction, tiny_network_def
 from SegmentLesionLib import cli
-from SegmentLesionLib.data.export import (
-    TEST_HOOK_ENV,
-    check_dataset,
-    compare_labels,
-    dataset_lock,
-    dataset_summary,
-    export_case,
-    generate_case_id,
-    label_on_image_grid,
-    segments_to_labelmap,
-    validate_case_id,
-)
+from SegmentLesionLib.data.case_ids import generate_case_id, validate_case_id
+from SegmentLesionLib.data.comparison import compare_labels
+from SegmentLesionLib.data.export import export_case
+from SegmentLesionLib.data.journal import check_dataset, dataset_lock
+from SegmentLesionLib.data.labels import label_on_image_grid, segments_to_labelmap
+from SegmentLesionLib.data.provenance import Provenance
+from SegmentLesionLib.data.summary import dataset_summary
 from SegmentLesionLib.errors import InputError
 from SegmentLesionLib.io.volume import same_geometry
 from SegmentLesionLib.models.spec import LabelInfo, load_spec
@@ -69,7 +64,6 @@ def model2_dir(tmp_path_factory) -> Path:
 def no_default_model(monkeypatch, tmp_path):
     """The bundled default model must not leak into tests (subprocesses inherit this too)."""
     monkeypatch.setenv("SEGMENT_LESION_MODEL", str(tmp_path / "no-default-model"))
-    monkeypatch.delenv(TEST_HOOK_ENV, raising=False)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -133,6 +127,12 @@ def visible(sums: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in sums.items() if not k.startswith(".segment_lesion")}
 
 
+def no_export_state(dataset: Path) -> bool:
+    """Nothing of an unfinished export is left: the hidden state folder holds at most the lock file."""
+    state = dataset / ".segment_lesion"
+    return not state.exists() or [p.name for p in state.iterdir()] == ["lock"]
+
+
 def cli_export(*args: str) -> tuple[int, str, str]:
     """Run the real console entry point in this process; (exit code, stdout, stderr)."""
     import contextlib
@@ -144,13 +144,63 @@ def cli_export(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def spawn_export(*args: str, hook: str | None = None) -> subprocess.Popen:
-    env = dict(os.environ)
-    if hook:
-        env[TEST_HOOK_ENV] = hook
-    return subprocess.Popen(
-        [sys.executable, "-m", "SegmentLesionLib", "export", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+HOOKED_CLI = '''"""Run the segment-lesion CLI with a step hook installed: hooked_cli.py ACTION STEP ARGUMENT CLI-ARGS...
+
+ACTION at the commit step STEP: crash (SIGKILL, no cleanup runs), touch (create the file ARGUMENT), pause
+(create ARGUMENT.paused, then wait for ARGUMENT.go).
+"""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from SegmentLesionLib.cli.main import main
+from SegmentLesionLib.data import journal
+
+action, step, argument = sys.argv[1:4]
+
+
+def hook(name):
+    if name != step:
+        return
+    if action == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "touch":
+        Path(argument).touch()
+    elif action == "pause":
+        Path(argument + ".paused").touch()
+        deadline = time.monotonic() + 120
+        while not Path(argument + ".go").exists():
+            if time.monotonic() > deadline:
+                sys.exit("hooked_cli: no go within 120 s")
+            time.sleep(0.01)
+
+
+journal.step_hooks.append(hook)
+sys.exit(main(sys.argv[4:]))
+'''
+
+
+@pytest.fixture()
+def spawn_export(tmp_path):
+    """Start ``segment-lesion export ARGS`` as a process; with ``hook=(action, step, argument)`` through HOOKED_CLI."""
+    script = tmp_path / "hooked_cli.py"
+    script.write_text(HOOKED_CLI)
+
+    def spawn(*args: str, hook: tuple[str, str, str] | None = None) -> subprocess.Popen:
+        command = [sys.executable, str(script), *hook] if hook else [sys.executable, "-m", "SegmentLesionLib"]
+        return subprocess.Popen([*command, "export", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return spawn
+
+
+def wait_for(path: Path, process: subprocess.Popen) -> None:
+    """Wait until a hooked process has created ``path`` (it fails the test if the process ends first)."""
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the export ended before {path.name} appeared: {process.communicate()}")
+        time.sleep(0.01)
 
 
 def verify_with_nnunet(dataset: Path, capfd) -> None:
@@ -219,6 +269,7 @@ def test_round_trip_nnunet_monai_provenance(tmp_path, model_dir, capfd):
 
     record = json.loads((dataset / "provenance" / "case_001.json").read_text())
     assert record["case_id"] == "case_001"
+    assert Provenance.read(dataset / "provenance" / "case_001.json").to_json() == record  # the typed record keeps the shape
     assert record["created"].endswith("Z") and abs(time.time() - _epoch(record["created"])) < 600
     assert record["model"] == {"name": "TinyTestModel", "version": "0.0.1", "sha256": spec.weights_sha256}
     assert len(spec.weights_sha256) == 64
@@ -248,7 +299,7 @@ def test_round_trip_nnunet_monai_provenance(tmp_path, model_dir, capfd):
         header = nib.load(str(path)).header
         assert header["descrip"].tobytes().strip(b"\x00") == b"", path
         assert header["aux_file"].tobytes().strip(b"\x00") == b"" and not header.extensions
-    assert not (dataset / ".segment_lesion").exists()
+    assert no_export_state(dataset)
 
 
 def _epoch(iso: str) -> float:
@@ -265,9 +316,10 @@ def test_compare_labels_multiclass_relabel():
     corrected[4, 4, 4] = 1  # a one-voxel missed lesion (diagonal neighbours count as connected)
     corrected[5, 5, 5] = 1
     result = compare_labels(ai, corrected, (2.0, 1.0, 1.0))
-    assert result["voxels_relabelled"] == 8 and result["voxels_added"] == 2 and result["voxels_removed"] == 0
-    assert result["lesions_corrected"] == 2 and result["lesions_added"] == 1 and result["lesions_removed"] == 0
-    assert result["dice"] == round(16 / 18, 6) and result["volume_added_ml"] == 0.004
+    assert result.voxels_relabelled == 8 and result.voxels_added == 2 and result.voxels_removed == 0
+    assert result.lesions_corrected == 2 and result.lesions_added == 1 and result.lesions_removed == 0
+    assert result.dice == round(16 / 18, 6) and result.volume_added_ml == 0.004
+    assert type(result).from_json(result.to_json()) == result
 
 
 # ------------------------------------------------------------------------------------------- segment mapping and geometry
@@ -514,7 +566,7 @@ def _bad_inputs(tmp: Path, inputs: dict[str, Path]) -> dict[str, tuple[list[str]
 def test_bad_inputs_one_message_exit_1_dataset_unchanged(tmp_path, populated, model_dir):
     dataset, inputs = populated
     before = checksums(dataset)
-    assert before and not any(name.startswith(".") for name in before)
+    assert before and [name for name in before if name.startswith(".")] == [".segment_lesion/lock"]
     for name, (override, message) in _bad_inputs(tmp_path, inputs).items():
         args = {"--image": str(inputs["image"]), "--label": str(inputs["label"]), "--dataset": str(dataset), "--model": str(model_dir)}
         extra = []
@@ -535,7 +587,7 @@ def test_bad_inputs_one_message_exit_1_dataset_unchanged(tmp_path, populated, mo
     assert code == 1 and not (tmp_path / "new").exists()
 
 
-def test_real_cli_process_reports_one_line(tmp_path, populated, model_dir):
+def test_real_cli_process_reports_one_line(tmp_path, populated, model_dir, spawn_export):
     dataset, inputs = populated
     before = checksums(dataset)
     process = spawn_export(
@@ -636,7 +688,8 @@ def test_dicom_source_no_identity_anywhere_and_other_formats(tmp_path, model_dir
     forbidden += [identity[key] for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")]
     forbidden += identity["SOPInstanceUIDs"]
     files = [p for p in dataset.rglob("*") if p.is_file()]
-    assert len(files) == 4  # dataset.json, image, label, provenance
+    expected_files = ["dataset.json", f"imagesTr/{case_id}_0000.nii.gz", f"labelsTr/{case_id}.nii.gz", f"provenance/{case_id}.json"]
+    assert sorted(p.relative_to(dataset).as_posix() for p in files) == sorted([*expected_files, ".segment_lesion/lock"])
     for path in files:
         data = path.read_bytes()
         data = gzip.decompress(data) if path.name.endswith(".gz") else data
@@ -679,34 +732,37 @@ def test_dicom_source_no_identity_anywhere_and_other_formats(tmp_path, model_dir
 # ------------------------------------------------------------------------------------------- no data loss
 
 
-def test_two_concurrent_processes_both_land(tmp_path, model_dir, capfd):
+def test_two_concurrent_processes_both_land(tmp_path, model_dir, capfd, spawn_export):
     dataset = tmp_path / "Dataset508_Concurrent"
     first, second = case_inputs(tmp_path / "a"), case_inputs(tmp_path / "b", seed=1)
-    # Each process pauses between reading and rewriting dataset.json: without the lock one entry would be lost.
-    start = time.monotonic()
-    processes = [
-        spawn_export(
-            "--image", str(p["image"]), "--label", str(p["label"]), "--dataset", str(dataset), "--case-id", case,
-            "--model", str(model_dir), hook="sleep@dataset_json:1.5",
-        )
-        for case, p in (("case_a", first), ("case_b", second))
-    ]  # fmt: skip
-    results = [p.communicate(timeout=120) for p in processes]
-    elapsed = time.monotonic() - start
-    assert [p.returncode for p in processes] == [0, 0], results
-    assert elapsed > 3.0  # the second waited for the first one's lock
+
+    def args(case: str, inputs: dict[str, Path]) -> list[str]:
+        return ["--image", str(inputs["image"]), "--label", str(inputs["label"]), "--dataset", str(dataset), "--case-id", case,
+                "--model", str(model_dir)]  # fmt: skip
+
+    # The first export pauses inside the lock, between reading and rewriting dataset.json; the second one starts
+    # and reaches the lock meanwhile. Without the lock, one of the two entries would be lost.
+    gate = tmp_path / "first"
+    one = spawn_export(*args("case_a", first), hook=("pause", "dataset_json", str(gate)))
+    wait_for(Path(f"{gate}.paused"), one)
+    locking = tmp_path / "second.locking"
+    two = spawn_export(*args("case_b", second), hook=("touch", "locking", str(locking)))
+    wait_for(locking, two)
+    Path(f"{gate}.go").touch()
+    results = [p.communicate(timeout=120) for p in (one, two)]
+    assert [p.returncode for p in (one, two)] == [0, 0], results
     data = json.loads((dataset / "dataset.json").read_text())
     assert [e["label"] for e in data["training"]] == ["./labelsTr/case_a.nii.gz", "./labelsTr/case_b.nii.gz"] and data["numTraining"] == 2
     assert check_dataset(dataset) == []
     verify_with_nnunet(dataset, capfd)
 
 
-def test_killed_after_the_image_is_finished_by_the_next_export(tmp_path, populated, model_dir):
+def test_killed_after_the_image_is_finished_by_the_next_export(tmp_path, populated, model_dir, spawn_export):
     dataset, inputs = populated
     other = case_inputs(tmp_path / "other", seed=3)
     process = spawn_export(
         "--image", str(other["image"]), "--label", str(other["label"]), "--ai-label", str(other["ai_label"]),
-        "--dataset", str(dataset), "--case-id", "case_killed", "--model", str(model_dir), hook="crash@image",
+        "--dataset", str(dataset), "--case-id", "case_killed", "--model", str(model_dir), hook=("crash", "image", ""),
     )  # fmt: skip
     process.communicate(timeout=60)
     assert process.returncode == -9  # SIGKILL: no cleanup ran
@@ -723,7 +779,7 @@ def test_killed_after_the_image_is_finished_by_the_next_export(tmp_path, populat
     record = json.loads((dataset / "provenance" / "case_killed.json").read_text())
     for entry in record["files"].values():
         assert hashlib.sha256((dataset / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
-    assert not (dataset / ".segment_lesion").exists()
+    assert no_export_state(dataset)
     assert [Path(e["label"]).name for e in monai_cases(dataset)] == ["case_001.nii.gz", "case_killed.nii.gz", "case_next.nii.gz"]
 
 
@@ -739,16 +795,19 @@ def test_lock_is_exclusive_and_times_out_with_a_clear_message(tmp_path):
         assert time.monotonic() - started >= 0.3
     with dataset_lock(dataset, timeout=0.3):
         pass
-    assert list(dataset.iterdir()) == []  # the lock leaves no file behind
+    # Only the (empty) lock file stays, hidden from nnU-Net and MONAI: deleting it on release would let a
+    # waiting process hold a lock on a file no longer there.
+    assert [p.relative_to(dataset).as_posix() for p in sorted(dataset.rglob("*"))] == [".segment_lesion", ".segment_lesion/lock"]
+    assert (dataset / ".segment_lesion" / "lock").stat().st_size == 0
 
 
 @pytest.mark.parametrize("stage", ["staged", "files"])
-def test_killed_before_commit_is_discarded_after_files_is_listed(tmp_path, populated, model_dir, stage):
+def test_killed_before_commit_is_discarded_after_files_is_listed(tmp_path, populated, model_dir, stage, spawn_export):
     dataset, inputs = populated
     before = checksums(dataset)
     process = spawn_export(
         "--image", str(inputs["image"]), "--label", str(inputs["label"]), "--dataset", str(dataset), "--case-id", "case_killed",
-        "--model", str(model_dir), hook=f"crash@{stage}",
+        "--model", str(model_dir), hook=("crash", stage, ""),
     )  # fmt: skip
     process.communicate(timeout=60)
     assert process.returncode == -9
@@ -765,9 +824,9 @@ def test_killed_before_commit_is_discarded_after_files_is_listed(tmp_path, popul
         assert "case case_killed: its files are present but dataset.json does not list it" in problems
         assert summary["repaired"] == ["finished the interrupted export of case case_killed"]
         assert "./labelsTr/case_killed.nii.gz" in listed
-    assert check_dataset(dataset) == [] and not (dataset / ".segment_lesion").exists()
+    assert check_dataset(dataset) == [] and no_export_state(dataset)
     assert {k: v for k, v in visible(checksums(dataset)).items() if k in before and k != "dataset.json"} == {
-        k: v for k, v in before.items() if k != "dataset.json"
+        k: v for k, v in visible(before).items() if k != "dataset.json"
     }
 
 

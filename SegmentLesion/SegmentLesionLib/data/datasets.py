@@ -1,6 +1,6 @@
 """Reading a training dataset (nnU-Net v2 raw layout, also a MONAI/MSD datalist) onto a model's grid.
 
-A dataset folder holds ``dataset.json`` and ``imagesTr/ID_0000<ext>`` + ``labelsTr/ID<ext>`` (see design.md).
+A dataset folder holds ``dataset.json`` and ``imagesTr/ID_0000<ext>`` + ``labelsTr/ID<ext>`` (:mod:`.layout`).
 Cases come from the ``"training"`` list of ``dataset.json`` when it has one (MONAI/MSD datalist), else from
 the files in ``imagesTr`` (nnU-Net v2). A case is brought to the model grid exactly as inference does it
 (``preprocess.model_grid`` + ``to_model_grid`` + ``normalize_intensity``), so training sees what inference sees.
@@ -12,7 +12,6 @@ evaluation and the Slicer panel can list and read cases without the engine.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,18 +23,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import preprocess
+from ..engine.regions import label_components
 from ..errors import Cancelled, InputError
 from ..io.files import file_extension
 from ..io.volume import read_labelmap, read_volume, same_geometry
 from ..models.spec import ModelSpec
+from . import layout
+from .layout import CHANNEL_SUFFIX, DATASET_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger("SegmentLesion")
-
-DATASET_FILE = "dataset.json"
-CHANNEL_SUFFIX = "_0000"
 
 
 @dataclass
@@ -87,17 +86,6 @@ class PreparedCase:
     spacing: tuple[float, float, float]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            data = json.load(stream)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: must hold a JSON object")
-    return data
-
-
 def _parse_labels(raw: Any, where: str) -> dict[str, int]:
     if not isinstance(raw, dict) or not raw:
         raise InputError(f'{where}: \'labels\' must be an object of label name -> value, e.g. {{"background": 0, "lesion": 1}}')
@@ -140,16 +128,15 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found")
-    meta_path = root / DATASET_FILE
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
-    where = str(meta_path)
+    meta = layout.read_dataset_json(root) or {}
+    where = str(root / DATASET_FILE)
     labels = _parse_labels(meta["labels"], where) if "labels" in meta else {"background": 0, "lesion": 1}
     channels = meta.get("channel_names") or meta.get("modality") or {"0": "MR"}
     if not isinstance(channels, dict):
         raise InputError(f'{where}: \'channel_names\' must be an object such as {{"0": "T1"}}')
     if len(channels) != 1:
         raise InputError(f"{where}: {len(channels)} image channels; only single-channel datasets are supported")
-    file_ending = str(meta.get("file_ending", ".nii.gz"))
+    file_ending = str(meta.get("file_ending", layout.FILE_ENDING))
     cases: list[DatasetCase] = []
     training = meta.get("training")
     if isinstance(training, list) and training:
@@ -160,16 +147,18 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
             label = _resolve(root, item["label"], f"{where}: training[{index}].label")
             cases.append(DatasetCase(_case_id_from_image(image, file_ending), image, label))
     else:
-        images_dir = root / "imagesTr"
+        images_dir = root / layout.IMAGES_DIR
         if not images_dir.is_dir():
             raise InputError(f"{root}: not a training dataset (no {DATASET_FILE} 'training' list and no imagesTr folder)")
         for image in sorted(images_dir.iterdir()):
             if image.name.startswith(".") or not image.name.endswith(CHANNEL_SUFFIX + file_ending):
                 continue
             case_id = _case_id_from_image(image, file_ending)
-            cases.append(DatasetCase(case_id, image, root / "labelsTr" / f"{case_id}{file_ending}"))
+            cases.append(DatasetCase(case_id, image, root / layout.label_path(case_id, file_ending)))
     if not cases:
-        raise InputError(f"{root}: the dataset lists no case (imagesTr/ID{CHANNEL_SUFFIX}{file_ending} + labelsTr/ID{file_ending})")
+        raise InputError(
+            f"{root}: the dataset lists no case ({layout.image_path('ID', 0, file_ending)} + {layout.label_path('ID', file_ending)})"
+        )
     ids = [case.case_id for case in cases]
     duplicates = sorted({case_id for case_id in ids if ids.count(case_id) > 1})
     if duplicates:
@@ -396,7 +385,7 @@ class PatchSampler:
         self.lesions: list[list[np.ndarray]] = []
         self.boxes: list[tuple[np.ndarray, np.ndarray]] = []
         for case in cases:
-            components, _ = ndimage.label(case.label[0] > 0, structure=np.ones((3, 3, 3), dtype=bool))
+            components, _ = label_components(case.label[0] > 0)
             per_case = []
             for number, box in enumerate(ndimage.find_objects(components), start=1):
                 if box is not None:

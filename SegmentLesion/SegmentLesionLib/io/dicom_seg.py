@@ -154,21 +154,12 @@ def build_dicom_seg(
     return segmentation
 
 
-def write_dicom_seg(
-    labelmap: sitk.Image,
-    series_folder: str | os.PathLike,
-    path: str | os.PathLike,
-    labels: Sequence[LabelInfo],
-    model: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Build the DICOM SEG of ``labelmap`` (see :func:`build_dicom_seg`) and write it atomically to ``path``."""
-    segmentation = build_dicom_seg(labelmap, series_folder, labels, model)
-    return save_dicom_seg(segmentation, path, overwrite)
-
-
 def save_dicom_seg(segmentation: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a built DICOM SEG atomically (temporary name, then rename)."""
+    """Write a DICOM SEG built by :func:`build_dicom_seg` atomically (temporary name, then rename).
+
+    Raises:
+        InputError: ``path`` exists and ``overwrite`` is False.
+    """
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         segmentation.save_as(str(tmp), enforce_file_format=True)
