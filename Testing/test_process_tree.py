@@ -41,19 +41,27 @@ with open(os.environ["LAUNCHER_PID_FILE"], "w") as pid_file:
 sys.exit(child.wait())
 """
 
-# Stands in for `segment-lesion train --progress-json -`: progress events until stopped; on SIGTERM it reports
-# "cancelled" and exits, as run_train does (it keeps its checkpoint).
+# Stands in for `segment-lesion train --progress-json -`: progress events until stopped; SIGTERM raises in the
+# main thread, which reports "cancelled" and exits, as run_train does (keeping its checkpoint).
 TRAINING = """
 import json, signal, sys, time
+class Stop(Exception):
+    pass
 def stop(signum, frame):
-    print(json.dumps({"event": "cancelled", "message": "training stopped by a signal"}), flush=True)
-    sys.exit(3)
+    raise Stop()
 signal.signal(signal.SIGTERM, stop)
-epoch = 0
-while True:
-    epoch += 1
-    print(json.dumps({"event": "progress", "stage": "epoch", "epoch": epoch, "max_epochs": 1000}), flush=True)
-    time.sleep(0.2)
+def send(event):
+    sys.stdout.write(json.dumps(event) + "\\n")  # one write: a signal cannot split the line
+    sys.stdout.flush()
+try:
+    epoch = 0
+    while True:
+        epoch += 1
+        send({"event": "progress", "stage": "epoch", "epoch": epoch, "max_epochs": 1000})
+        time.sleep(0.2)
+except Stop:
+    send({"event": "cancelled", "message": "training stopped by a signal"})
+    sys.exit(3)
 """
 
 
@@ -104,7 +112,7 @@ def wait_for(condition, what: str, timeout: float = 120.0):
 
 def training_job(tmp_path, launcher_path: str, stubborn: bool = False, grace: float = 10.0) -> TrainingJob:
     script = tmp_path / "training.py"
-    source = TRAINING.replace("signal.signal(signal.SIGTERM, stop)", "") if stubborn else TRAINING
+    source = TRAINING.replace("signal.signal(signal.SIGTERM, stop)", "pass") if stubborn else TRAINING
     script.write_text(source)
     return TrainingJob([launcher_path, str(script)], grace=grace)
 

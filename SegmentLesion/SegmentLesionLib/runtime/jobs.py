@@ -227,7 +227,10 @@ class SegmentationWorker:
             if self.client is not None and self.client.stderr_lines:
                 logger.error("segmentation worker output:\n%s", "\n".join(self.client.stderr_lines[-5:]))
             # Done jobs stay for the caller to import; cancelled ones will hear nothing more.
-            return self._fail([job for job in self.jobs.values() if job.state != JobState.DONE], died_message(event.returncode))
+            jobs = [job for job in self.jobs.values() if job.state != JobState.DONE]
+            if not jobs:  # idle, or after the error that stopped it: nobody waits for it
+                logger.warning("the segmentation worker exited (exit code %s)", event.returncode)
+            return self._fail(jobs, died_message(event.returncode)) if jobs else []
         if job is None:
             return []
         if isinstance(event, (ProgressEvent, PausedEvent)) and not job.state.finished:

@@ -75,7 +75,8 @@ class JsonLinesProcess:
         self.events: queue.Queue = queue.Queue()
         self.stderr_lines: list[str] = []
         self._tree_gone = False
-        self._tree_lock = threading.Lock()
+        self._terminated = False  # SIGTERM was sent to the group
+        self._tree_lock = threading.RLock()
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -111,7 +112,7 @@ class JsonLinesProcess:
     def _watch_root(self) -> None:
         """Once the root has exited, end what it left behind (a launcher's orphaned child would hold stdout)."""
         self.process.wait()
-        self._end_group(grace=2.0)
+        self._end_group(grace=2.0, join=False)
 
     def poll(self) -> list[dict[str, Any]]:
         """Events received so far (non-blocking)."""
@@ -140,11 +141,13 @@ class JsonLinesProcess:
         else:
             threading.Thread(target=self._end_group, args=(grace,), name="SegmentLesion-end", daemon=True).start()
 
-    def _end_group(self, grace: float) -> None:
+    def _end_group(self, grace: float, join: bool = True) -> None:
+        """SIGTERM once, then SIGKILL after ``grace``; ``join=False`` leaves an ending under way to finish alone."""
         if os.name == "nt":
             self._end_windows_tree()
             return
-        if not self._signal_group(signal.SIGTERM):
+        sent = self._terminate_once()
+        if sent is None or not (sent or join):
             return
         if self._wait_group(grace) or not self._signal_group(signal.SIGKILL):
             return
@@ -161,6 +164,19 @@ class JsonLinesProcess:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+    def _terminate_once(self) -> Optional[bool]:
+        """SIGTERM the group unless that was done: True if sent now, False if before, None if the group is empty.
+
+        Once only: a second SIGTERM would interrupt training while it saves its checkpoint.
+        """
+        with self._tree_lock:
+            if self._terminated:
+                return None if self._tree_gone else False
+            if not self._signal_group(signal.SIGTERM):
+                return None
+            self._terminated = True
+            return True
 
     def _signal_group(self, signum: int) -> bool:
         """Send a signal to the child's process group; False once the group is empty (never signalled again)."""
