@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
 
 from SegmentLesionLib.engine.inference import default_model_dir  # noqa: E402
-from SegmentLesionLib.runtime.worker import WorkerClient  # noqa: E402
+from SegmentLesionLib.runtime.client import WorkerClient  # noqa: E402
 
 COLIN = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
@@ -122,12 +122,12 @@ def bench_case(name: str, volume: Path, model: Path, work: Path, client: WorkerC
     cold_s, cold_mb, _ = run_child(cli)
     # Warm: the worker serves this case once (first-call costs), then again (what is timed).
     job = client.segment(str(volume), str(work / f"{name}_warmup.nii.gz"))
-    assert client.wait(job_id=job, timeout=3600)[-1]["event"] == "done"
+    assert client.wait(job_id=job, timeout=3600)[-1].event == "done"
     start = time.perf_counter()
     job = client.segment(str(volume), str(work / f"{name}_warm.nii.gz"))
     events = client.wait(job_id=job, timeout=3600)
     warm_s = time.perf_counter() - start
-    assert events[-1]["event"] == "done", events[-1]
+    assert events[-1].event == "done", events[-1]
     warm_mb = peak_rss_mb(client.process.pid)
     script = work / "baseline.py"
     script.write_text(BASELINE)
@@ -162,9 +162,9 @@ def main() -> int:
         client = WorkerClient(str(args.model), device="auto")
         try:
             ready = client.wait(("ready", "error", "exit"), timeout=300)[-1]
-            if ready["event"] != "ready":
+            if ready.event != "ready":
                 raise SystemExit(f"worker failed: {ready}")
-            print(f"device: {ready['device']}")
+            print(f"device: {ready.device}")
             for name in args.cases.split(","):
                 volume = work / f"{name}.nrrd"
                 (make_brain if name == "brain" else make_ct)(volume)

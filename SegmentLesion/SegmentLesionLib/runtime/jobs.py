@@ -1,9 +1,11 @@
 """Segmentation jobs in the persistent worker process, seen from Slicer's side (no torch, no Qt, no MRML).
 
-``SegmentationWorker`` keeps one ``worker.WorkerClient`` alive for the chosen model folder and device
+``SegmentationWorker`` keeps one ``client.WorkerClient`` alive for the chosen model folder and device
 (the model is loaded once, then serves every volume), restarts it when the choice changes or the process
-died, and turns the worker's JSON events into ``JobEvent``s about ``SegmentationJob``s. Everything is
-non-blocking: the Slicer panel calls ``poll()`` from a timer, so Slicer's UI thread never waits.
+died, and turns the worker's events into ``JobEvent``s about ``SegmentationJob``s. A worker that dies
+(killed, out of memory) fails each unfinished job with one message, and the next ``submit`` starts a new
+one. Everything is non-blocking: the Slicer panel calls ``poll()`` from a timer, so Slicer's UI thread
+never waits. ``TrainingJob`` runs training (or any JSON-lines command) in the background.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import SegmentLesionError
 from ..models.spec import LabelInfo
-from .worker import JsonLinesProcess, WorkerClient
+from .client import WorkerClient
+from .messages import CancelledEvent, DoneEvent, ErrorEvent, Event, ExitEvent, PausedEvent, ProgressEvent, ReadyEvent
+from .process import JsonLinesProcess
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -87,7 +92,7 @@ class SegmentationJob:
 
 @dataclass
 class JobEvent:
-    """Something the panel should react to: ``ready``, ``progress``, ``done``, ``cancelled`` or ``error``."""
+    """Something the panel should react to: ``ready``, ``progress``, ``paused``, ``done``, ``cancelled`` or ``error``."""
 
     kind: str
     job: Optional[SegmentationJob] = None
@@ -118,21 +123,36 @@ class SegmentationWorker:
         self.key: tuple[str, str] | None = None
         self.info: WorkerInfo | None = None
         self.jobs: dict[str, SegmentationJob] = {}
+        self._backlog: list[JobEvent] = []  # events of a replaced worker, returned by the next poll()
 
     # -- process
     def ensure(self, model_dir: str | Path | None, device: str) -> WorkerClient:
         """The running worker for this model and device, started (or restarted) when needed."""
         key = (str(Path(model_dir).resolve()) if model_dir else "", device)
         if self.client is not None and (self.key != key or not self.client.running):
-            self.stop()
+            self._replace()
         if self.client is None:
             self.client = WorkerClient(key[0] or None, device, python=self.python)
             self.key = key
             self.info = None
         return self.client
 
+    def _replace(self) -> None:
+        """Stop the current worker before another starts: each unfinished job ends with one event (next poll)."""
+        assert self.client is not None
+        self._backlog.extend(self.poll())
+        if self.client.running:
+            for job in self._pending():
+                job.state, job.message = JobState.CANCELLED, "cancelled"
+                self._backlog.append(JobEvent("cancelled", job, job.message))
+        else:  # it died and its exit has not been read yet
+            self._backlog.extend(self._fail(self._pending(), died_message(self.client.process.returncode)))
+        for job in [job for job in self.jobs.values() if job.state == JobState.DONE]:
+            self.jobs.pop(job.id)  # its result is still to be imported (and its folder removed) by the caller
+        self.stop()
+
     def stop(self) -> None:
-        """Stop the worker process; unfinished jobs are cancelled and their files removed."""
+        """Stop the worker process tree; unfinished jobs are cancelled and their files removed."""
         for job in self.jobs.values():
             if not job.state.finished:
                 job.state = JobState.CANCELLED
@@ -156,9 +176,13 @@ class SegmentationWorker:
         return SegmentationJob(id="", volume_node_id=volume_node_id, folder=folder, options=dict(options or {}))
 
     def submit(self, job: SegmentationJob, model_dir: str | Path | None, device: str) -> SegmentationJob:
-        """Send a job (its input file written) to the worker for this model and device."""
+        """Send a job (its input file written) to the worker for this model and device.
+
+        Raises:
+            client.WorkerStopped: the worker died just now (the next submit starts a new one).
+        """
         client = self.ensure(model_dir, device)
-        job.id = client.segment(str(job.input_path), str(job.output_path), str(job.probability_path), job.options)
+        job.id = client.segment(job.input_path, job.output_path, job.probability_path, job.options)
         job.started = time.monotonic()
         self.jobs[job.id] = job
         return job
@@ -172,16 +196,15 @@ class SegmentationWorker:
         if self.client is not None and self.client.running:
             try:
                 self.client.cancel(job.id)
-            except (OSError, RuntimeError, ValueError):  # the worker died meanwhile: nothing left to stop
+            except SegmentLesionError:  # the worker died meanwhile: nothing left to stop
                 pass
 
     def poll(self) -> list[JobEvent]:
         """Events that arrived since the last call (non-blocking)."""
-        if self.client is None:
-            return []
-        events: list[JobEvent] = []
-        for raw in self.client.poll():
-            events.extend(self._translate(raw))
+        events, self._backlog = self._backlog, []
+        if self.client is not None:
+            for event in self.client.poll():
+                events.extend(self._translate(event))
         return events
 
     def finish(self, job: SegmentationJob) -> None:
@@ -192,41 +215,43 @@ class SegmentationWorker:
     def _discard(self, job: SegmentationJob) -> None:
         shutil.rmtree(job.folder, ignore_errors=True)
 
-    def _translate(self, raw: dict[str, Any]) -> list[JobEvent]:
-        kind = raw.get("event")
-        job = self.jobs.get(str(raw.get("id"))) if raw.get("id") is not None else None
-        if kind == "ready":
-            labels = [
-                LabelInfo(int(item["value"]), str(item["name"]), list(item["color"]), dict(item["terminology"]))
-                for item in raw.get("labels", [])
-            ]
-            self.info = WorkerInfo(raw.get("model", {}), str(raw.get("device", "")), labels)
+    def _translate(self, event: Event) -> list[JobEvent]:
+        job_id = getattr(event, "id", None)
+        job = self.jobs.get(job_id) if job_id is not None else None
+        if isinstance(event, ReadyEvent):
+            self.info = WorkerInfo(event.model, event.device, event.labels)
             return [JobEvent("ready", None, f"{self.info.model.get('name', 'model')} on {self.info.device}")]
-        if kind == "progress" and job is not None and not job.state.finished:
+        if isinstance(event, ErrorEvent):  # without an id: the worker could not start, so no job can run
+            return self._fail(self._pending() if event.id is None else [job] if job is not None else [], event.message)
+        if isinstance(event, ExitEvent):
+            if self.client is not None and self.client.stderr_lines:
+                logger.error("segmentation worker output:\n%s", "\n".join(self.client.stderr_lines[-5:]))
+            # Done jobs stay for the caller to import; cancelled ones will hear nothing more.
+            jobs = [job for job in self.jobs.values() if job.state != JobState.DONE]
+            if not jobs:  # idle, or after the error that stopped it: nobody waits for it
+                logger.warning("the segmentation worker exited (exit code %s)", event.returncode)
+            return self._fail(jobs, died_message(event.returncode)) if jobs else []
+        if job is None:
+            return []
+        if isinstance(event, (ProgressEvent, PausedEvent)) and not job.state.finished:
             job.state = JobState.RUNNING
-            job.done, job.total, job.stage = int(raw.get("done", 0)), int(raw.get("total", 0)), str(raw.get("stage", ""))
+            if isinstance(event, PausedEvent):
+                return [JobEvent("paused", job)]
+            job.done, job.total, job.stage = event.done, event.total, event.stage
             return [JobEvent("progress", job)]
-        if kind == "done" and job is not None:
+        if isinstance(event, DoneEvent):
             if job.state.finished:  # cancelled meanwhile: the result is not wanted
                 self.finish(job)
                 return []
             job.state = JobState.DONE
-            job.seconds = float(raw.get("seconds", time.monotonic() - job.started))
+            job.seconds = event.seconds
             return [JobEvent("done", job)]
-        if kind == "cancelled" and job is not None:
+        if isinstance(event, CancelledEvent):
             # A job the user cancelled was reported then; only a cancel from elsewhere is news.
             reported = not job.state.finished
             job.state = JobState.CANCELLED
             self.finish(job)
             return [JobEvent("cancelled", job, "cancelled")] if reported else []
-        if kind == "error":
-            return self._fail([job] if job is not None else self._pending(), str(raw.get("message", "segmentation failed")))
-        if kind == "exit":
-            stderr = "\n".join(self.client.stderr_lines[-5:]) if self.client is not None else ""
-            message = f"the segmentation worker stopped unexpectedly (exit code {raw.get('returncode')})"
-            if stderr:
-                logger.error("segmentation worker output:\n%s", stderr)
-            return self._fail(self._pending(), message)
         return []
 
     def _pending(self) -> list[SegmentationJob]:
@@ -248,6 +273,11 @@ class SegmentationWorker:
         return events
 
 
+def died_message(returncode: Optional[int]) -> str:
+    """What the user reads when the worker process ended during a job."""
+    return f"the segmentation worker stopped unexpectedly (exit code {returncode}); the next Segment starts a new one"
+
+
 class TrainingJob(JsonLinesProcess):
     """``segment-lesion train`` (or another JSON-lines command) in a background process.
 
@@ -256,10 +286,12 @@ class TrainingJob(JsonLinesProcess):
 
     Args:
         command: the command line, e.g. ``training.command_line(settings, python)`` with ``progress_json="-"``.
+        grace: seconds the processes get to stop after ``cancel()`` before they are killed.
     """
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], grace: float = 10.0) -> None:
         super().__init__(command)
+        self.grace = grace
         self.finished = False
 
     def poll(self) -> list[dict[str, Any]]:
@@ -270,6 +302,10 @@ class TrainingJob(JsonLinesProcess):
         return events
 
     def cancel(self) -> None:
-        """Ask training to stop (SIGTERM: the run keeps its checkpoint and can be resumed)."""
-        if self.process.poll() is None:
-            self.process.terminate()
+        """Stop the whole process tree (returns at once; the ``exit`` event follows).
+
+        POSIX: SIGTERM to every process of the tree (training saves its checkpoint and can be resumed), then
+        SIGKILL for whatever is left after ``grace`` seconds. Windows: the tree is ended at once; the checkpoint of
+        the last finished epoch remains.
+        """
+        self.end_tree(self.grace)

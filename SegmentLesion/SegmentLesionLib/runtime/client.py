@@ -1,0 +1,124 @@
+"""The client half of the segmentation worker: starts the process and talks to it (no torch, no Qt).
+
+``poll()`` never blocks (the Slicer panel calls it from a timer); ``wait()`` blocks (scripts and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+from ..errors import SegmentLesionError
+from .messages import ControlRequest, Event, ExitEvent, SegmentRequest, parse_event
+from .process import JsonLinesProcess
+
+FINAL_EVENTS = ("done", "cancelled", "error", "exit")
+
+
+class WorkerStopped(SegmentLesionError):
+    """The worker process is not running (it was stopped, or it died)."""
+
+
+class WorkerClient(JsonLinesProcess):
+    """A segmentation worker process for one model folder and device.
+
+    Args:
+        model_dir: model folder (None: the default model).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        python: the Python executable to run the worker with (in Slicer: ``PythonSlicer``).
+        env: the worker's environment (default: this process's).
+    """
+
+    def __init__(
+        self, model_dir: str | None = None, device: str = "auto", python: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        command = [python or sys.executable, "-m", "SegmentLesionLib", "worker", "--device", device]
+        if model_dir:
+            command += ["--model", str(model_dir)]
+        super().__init__(command, env, stdin=True)
+        self._next_id = 0
+
+    # -- requests
+    def send(self, request: SegmentRequest | ControlRequest) -> None:
+        """Write one request line; WorkerStopped when the worker is gone."""
+        if self.process.poll() is not None or self.process.stdin is None:
+            raise WorkerStopped(f"the segmentation worker is not running (exit code {self.process.returncode})")
+        try:
+            self.process.stdin.write(json.dumps(request.to_json()) + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError) as exc:  # it died since the check: a broken pipe, or stdin already closed
+            raise WorkerStopped(f"the segmentation worker stopped ({exc})") from exc
+
+    def segment(self, input_path: Any, output_path: Any, probability_path: Any = None, options: Optional[dict[str, Any]] = None) -> str:
+        """Queue a segmentation; returns its request id."""
+        self._next_id += 1
+        job_id = str(self._next_id)
+        probability = str(probability_path) if probability_path else None
+        self.send(SegmentRequest(job_id, str(input_path), str(output_path), probability, options=dict(options or {})))
+        return job_id
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the worker to stop a request between two window batches (or drop it if it has not started)."""
+        self.send(ControlRequest("cancel", job_id))
+
+    def pause(self) -> None:
+        """Hold the running request (and later ones) at the next window batch until ``resume``.
+
+        The worker answers with a ``paused`` event once a request actually waits, which lets a caller act at a
+        known point of a request (tests cancel or kill the worker there; a queue can free the CPU for a while).
+        """
+        self.send(ControlRequest("pause"))
+
+    def resume(self) -> None:
+        """Let paused requests go on."""
+        self.send(ControlRequest("resume"))
+
+    # -- events
+    def poll(self) -> list[Event]:  # type: ignore[override]
+        """Events received so far (non-blocking); unknown events are skipped."""
+        return [event for event in map(parse_event, super().poll()) if event is not None]
+
+    def wait(self, kinds: tuple[str, ...] = FINAL_EVENTS, job_id: str | None = None, timeout: float = 600.0) -> list[Event]:
+        """Block until an event of ``kinds`` (for ``job_id`` when given) arrives; return every event seen.
+
+        An event without a request id (a worker error, the exit) ends the wait whatever ``job_id`` is.
+        """
+        seen: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {kinds} event within {timeout} s")
+            try:
+                event = parse_event(self.events.get(timeout=remaining))
+            except queue.Empty:
+                continue
+            if event is None:
+                continue
+            seen.append(event)
+            event_id = getattr(event, "id", None)
+            if event.event in kinds and (job_id is None or event_id in (job_id, None) or isinstance(event, ExitEvent)):
+                return seen
+
+    # -- ending
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the worker to stop (shutdown over stdin), then end its process tree if it has not within ``timeout``."""
+        if self.process.poll() is None:
+            try:
+                self.send(ControlRequest("shutdown"))
+            except WorkerStopped:
+                pass
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:  # ended below
+            pass
+        self.end_tree(grace=2.0, block=True)

@@ -1,0 +1,271 @@
+"""The segmentation worker's protocol as typed records: requests (client to worker) and events (worker to client).
+
+Each record has ``to_json()`` (the dict written as one JSON line) and ``from_json(data)``; the wire format::
+
+    {"command": "segment", "id": "7", "input": "/tmp/volume.nrrd", "output": "/tmp/labels.nrrd",
+     "probability": "/tmp/probability.nrrd" (optional), "report": "/tmp/labels.lesions.json" (optional),
+     "options": {"threshold": 0.5, "min_lesion_mm3": 10, "fill_holes": true, "tta": false} (optional)}
+    {"command": "cancel", "id": "7"}
+    {"command": "pause"}     hold every request at its next window batch until "resume"
+    {"command": "resume"}
+    {"command": "ping"}
+    {"command": "shutdown"}
+
+    {"event": "ready", "model": {...}, "device": "CPU (2 threads)", "labels": [...]}
+    {"event": "progress", "id": "7", "done": 3, "total": 12, "stage": "inference"}
+    {"event": "paused", "id": "7"}     request 7 waits for "resume" (or "cancel")
+    {"event": "done", "id": "7", "output": ..., "report": ..., "lesions": 2, "seconds": 4.1}
+    {"event": "cancelled", "id": "7"}
+    {"event": "error", "id": "7" or null, "message": "..."}
+    {"event": "pong"}
+
+The client adds ``{"event": "exit", "returncode": N}`` when the worker process has ended. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Optional, Union
+
+from ..errors import SegmentLesionError
+from ..models.spec import LabelInfo
+
+CONTROL_COMMANDS = ("cancel", "pause", "resume", "ping", "shutdown")
+
+
+class ProtocolError(SegmentLesionError):
+    """A request or event that does not follow the protocol."""
+
+
+def _text(data: dict[str, Any], key: str, what: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"malformed {what} ({key!r} missing or not text)")
+    return value
+
+
+def _optional_text(data: dict[str, Any], key: str) -> Optional[str]:
+    value = data.get(key)
+    return None if value is None else str(value)
+
+
+def _id(data: dict[str, Any]) -> Optional[str]:
+    value = data.get("id")
+    return None if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- requests
+@dataclass
+class SegmentRequest:
+    """Segment the volume in ``input``; write the labelmap to ``output`` (and the optional extras)."""
+
+    id: str
+    input: str
+    output: str
+    probability: Optional[str] = None
+    report: Optional[str] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"command": "segment", "id": self.id, "input": self.input, "output": self.output}
+        for key in ("probability", "report"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        data["options"] = dict(self.options)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SegmentRequest:
+        what = "segment request"
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise ProtocolError(f"malformed {what} ('options' is not an object)")
+        return cls(
+            id=_text(data, "id", what),
+            input=_text(data, "input", what),
+            output=_text(data, "output", what),
+            probability=_optional_text(data, "probability"),
+            report=_optional_text(data, "report"),
+            options=options,
+        )
+
+
+@dataclass
+class ControlRequest:
+    """``cancel`` (with the id of a request), ``pause``, ``resume``, ``ping`` or ``shutdown``."""
+
+    command: str
+    id: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command} if self.id is None else {"command": self.command, "id": self.id}
+
+
+Request = Union[SegmentRequest, ControlRequest]
+
+
+def parse_request(data: dict[str, Any]) -> Request:
+    """The record for one request line; ProtocolError names what is wrong."""
+    command = data.get("command")
+    if command == "segment":
+        return SegmentRequest.from_json(data)
+    if command in CONTROL_COMMANDS:
+        return ControlRequest(str(command), _id(data))
+    raise ProtocolError(f"unknown command {command!r}")
+
+
+# ---------------------------------------------------------------------------------------------- events
+@dataclass
+class ReadyEvent:
+    """The model is loaded; the worker serves requests from now on."""
+
+    event: ClassVar[str] = "ready"
+    model: dict[str, Any]
+    device: str
+    labels: list[LabelInfo]
+
+    def to_json(self) -> dict[str, Any]:
+        labels = [asdict(label) for label in self.labels]
+        return {"event": self.event, "model": self.model, "device": self.device, "labels": labels}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReadyEvent:
+        labels = [
+            LabelInfo(int(item["value"]), str(item["name"]), list(item["color"]), dict(item["terminology"]))
+            for item in data.get("labels", [])
+        ]
+        return cls(dict(data.get("model") or {}), str(data.get("device", "")), labels)
+
+
+@dataclass
+class ProgressEvent:
+    """``done`` of ``total`` steps of a stage (``inference``: window batches) of a request."""
+
+    event: ClassVar[str] = "progress"
+    id: str
+    done: int
+    total: int
+    stage: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, "id": self.id, "done": self.done, "total": self.total, "stage": self.stage}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProgressEvent:
+        return cls(str(data.get("id")), int(data.get("done", 0)), int(data.get("total", 0)), str(data.get("stage", "")))
+
+
+@dataclass
+class _IdEvent:
+    """An event that names one request and nothing else."""
+
+    id: Optional[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, "id": self.id}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any:
+        return cls(_id(data))
+
+
+@dataclass
+class PausedEvent(_IdEvent):
+    """The request waits at a window batch for ``resume`` (or ``cancel``)."""
+
+    event: ClassVar[str] = "paused"
+
+
+@dataclass
+class CancelledEvent(_IdEvent):
+    """The request stopped without writing anything."""
+
+    event: ClassVar[str] = "cancelled"
+
+
+@dataclass
+class DoneEvent:
+    """The request's outputs are written."""
+
+    event: ClassVar[str] = "done"
+    id: str
+    output: str
+    report: str
+    lesions: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DoneEvent:
+        return cls(
+            str(data.get("id")),
+            str(data.get("output", "")),
+            str(data.get("report", "")),
+            int(data.get("lesions", 0)),
+            float(data.get("seconds", 0.0)),
+        )
+
+
+@dataclass
+class ErrorEvent:
+    """A request failed (``id``), or the worker itself could not start or read a request (``id`` None)."""
+
+    event: ClassVar[str] = "error"
+    id: Optional[str]
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, "id": self.id, "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorEvent:
+        return cls(_id(data), str(data.get("message") or "segmentation failed"))
+
+
+@dataclass
+class PongEvent:
+    """The answer to ``ping``."""
+
+    event: ClassVar[str] = "pong"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PongEvent:
+        return cls()
+
+
+@dataclass
+class ExitEvent:
+    """The worker process ended (added by the client, never written by the worker)."""
+
+    event: ClassVar[str] = "exit"
+    returncode: Optional[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, "returncode": self.returncode}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExitEvent:
+        code = data.get("returncode")
+        return cls(None if code is None else int(code))
+
+
+Event = Union[ReadyEvent, ProgressEvent, PausedEvent, DoneEvent, CancelledEvent, ErrorEvent, PongEvent, ExitEvent]
+EVENTS: dict[str, Any] = {
+    cls.event: cls for cls in (ReadyEvent, ProgressEvent, PausedEvent, DoneEvent, CancelledEvent, ErrorEvent, PongEvent, ExitEvent)
+}
+
+
+def parse_event(data: dict[str, Any]) -> Optional[Event]:
+    """The record for one event line; None for an unknown or malformed event (a newer worker's, say)."""
+    cls = EVENTS.get(str(data.get("event")))
+    if cls is None:
+        return None
+    try:
+        return cls.from_json(data)
+    except (KeyError, TypeError, ValueError):
+        return None
