@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator
 
 from ..errors import Cancelled
 from ..learning.train_settings import TRAIN_OPTIONS, TrainSettings, option_default, settings_from_options
+from ..runtime.jsonlines import JsonLinesWriter
 from .common import add_device_option
 
 
@@ -69,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     rank = int(os.environ.get("RANK", "0") or 0)
-    events = _JsonLines(settings.progress_json if rank == 0 else None)
+    events = JsonLinesWriter(settings.progress_json if rank == 0 else None, strict=False)
     lines = sys.stderr if settings.progress_json == "-" else sys.stdout
 
     def progress(epoch: int, max_epochs: int, info: dict[str, Any]) -> None:
@@ -131,34 +131,3 @@ def _sigterm_cancels() -> Iterator[None]:
     finally:
         if active:
             signal.signal(signal.SIGTERM, previous)
-
-
-class _JsonLines:
-    """JSON-lines progress events for a process that watches training (the Slicer panel): a file or ``-``."""
-
-    def __init__(self, target: str | None) -> None:
-        self.stream: TextIO | None = None
-        self.close_stream = False
-        if target == "-":
-            self.stream = sys.stdout
-        elif target:
-            self.stream = open(target, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
-            self.close_stream = True
-
-    def send(self, event: dict[str, Any]) -> None:
-        if self.stream is not None:
-            self.stream.write(json.dumps(event, default=_json_default) + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.close_stream and self.stream is not None:
-            self.stream.close()
-        self.stream = None
-
-
-def _json_default(value: Any) -> Any:
-    """NumPy scalars as numbers, anything else (paths) as text: a progress event must not fail."""
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():
-        return item()
-    return str(value)

@@ -282,10 +282,10 @@ class TrainingJob(JsonLinesProcess):
     """``segment-lesion train`` (or another JSON-lines command) in a background process.
 
     Events (``poll()``): ``progress`` (epoch, max_epochs, loss, val_dice...), ``done`` (model, best_dice...),
-    ``cancelled`` and ``error`` (message), as ``training.run_train`` sends them, and ``exit`` (returncode).
+    ``cancelled`` and ``error`` (message), as ``cli.train.run_train`` sends them, and ``exit`` (returncode).
 
     Args:
-        command: the command line, e.g. ``training.command_line(settings, python)`` with ``progress_json="-"``.
+        command: the command line, e.g. ``learning.train_settings.command_line(settings, python)`` with ``progress_json="-"``.
         grace: seconds the processes get to stop after ``cancel()`` before they are killed.
     """
 
