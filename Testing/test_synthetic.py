@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import data_sources
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from SegmentLesionLib.data.synthetic import generator as synthetic
 
-pytestmark = pytest.mark.skipif(
-    not synthetic.colin27_available(),
-    reason=f"Colin27 not installed in {synthetic.colin27_dir()} (MRIcron templates; or set {synthetic.COLIN27_DIR_ENV})",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def colin27_folder():
+    """The real Colin27 templates (fetched once from Debian's mricron-data), given to the generator by its setting."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = data_sources.colin27_dir()
+        patch.setenv(synthetic.COLIN27_DIR_ENV, str(folder))
+        yield folder
+
 
 SEEDS = (3, 8, 21)
 
@@ -189,10 +195,9 @@ def test_write_dataset_layout_and_datalist(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(stored_label), sitk.GetArrayViewFromImage(label))
     assert _same_grid(stored_image, image) and _same_grid(stored_label, stored_image)
 
-    monai_data = pytest.importorskip("monai.data")
-    datalist = monai_data.load_decathlon_datalist(
-        str(root / "dataset.json"), is_segmentation=True, data_list_key="training", base_dir=str(root)
-    )
+    from monai.data import load_decathlon_datalist
+
+    datalist = load_decathlon_datalist(str(root / "dataset.json"), is_segmentation=True, data_list_key="training", base_dir=str(root))
     assert len(datalist) == 2
     for item in datalist:
         assert Path(item["image"]).is_file() and Path(item["label"]).is_file()
