@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import data_sources
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from SegmentLesionLib.data.synthetic import generator as synthetic
+from SegmentLesionLib.cli import synthesize
+from SegmentLesionLib.data import synthetic
+from SegmentLesionLib.errors import InputError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -203,10 +209,37 @@ def test_write_dataset_layout_and_datalist(tmp_path: Path) -> None:
         assert Path(item["image"]).is_file() and Path(item["label"]).is_file()
 
 
+def _synthesize(argv: list[str]) -> int:
+    """Run ``segment-lesion synthesize`` through its own parser (cli/synthesize.py's ``register``)."""
+    parser = argparse.ArgumentParser(prog="segment-lesion")
+    synthesize.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["synthesize", *argv])
+    return args.handler(args)
+
+
 def test_command_line(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    assert synthetic.main(["--output", str(out), "--seeds", "4", "--spacing", "2", "--name", "Dataset002_X"]) == 0
+    assert _synthesize(["--output", str(out), "--seeds", "4", "--spacing", "2", "--name", "Dataset002_X"]) == 0
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["name"] == "Dataset002_X" and dataset["numTraining"] == 1
     assert (out / "imagesTr/case_00004_0000.nii.gz").is_file()
     assert (out / "labelsTr/case_00004.nii.gz").is_file()
+    with pytest.raises(InputError, match="--seeds"):
+        _synthesize(["--output", str(out), "--seeds", "9-2"])
+    with pytest.raises(InputError, match="Colin27 not found"):
+        _synthesize(["--output", str(out), "--colin27", str(tmp_path / "nowhere")])
+
+
+def test_runtime_never_imports_the_generator() -> None:
+    """What Slicer imports at run time (panel, MRML glue, worker, engine) leaves the generator out."""
+    code = (
+        "import sys\n"
+        "import SegmentLesionLib.ui.panel, SegmentLesionLib.ui.mrml, SegmentLesionLib.runtime.worker\n"
+        "import SegmentLesionLib.engine.inference\n"
+        "loaded = [m for m in sys.modules if m.startswith('SegmentLesionLib.data.synthetic')]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

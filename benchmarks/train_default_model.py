@@ -2,7 +2,7 @@
 
 Steps (each one the project's own command or function):
   1. generate the training set: synthetic hyperintense lesions inserted into the real Colin27 brain MRI
-     (seeds 1..N_TRAIN, `SegmentLesionLib.data.synthetic.generator.write_dataset`);
+     (seeds 1..N_TRAIN, `SegmentLesionLib.data.synthetic.write_dataset`);
   2. generate the held-out set with new seeds (10001..), never seen in training;
   3. `segment-lesion train --init scratch ...` (fixed seed 42, time-capped);
   4. `segment-lesion evaluate` on the held-out set (Dice, lesion-wise sensitivity for lesions >= 0.1 mL,
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
 
-from SegmentLesionLib.data.synthetic import generator as synthetic  # noqa: E402
+from SegmentLesionLib.data import synthetic  # noqa: E402
 from SegmentLesionLib.io.files import sha256_file  # noqa: E402
 
 MODEL_NAME = "SegmentLesionBrainMR"
