@@ -13,7 +13,8 @@ This subpackage is for training and benchmarks only: nothing Slicer imports at r
 Modules: ``template`` (Colin27), ``geometry`` (spacing, orientation, pose, random streams), ``shapes``
 (irregular bodies), ``lesions`` (insertion into Colin27), ``acquisition`` (grid, anti-aliasing, bias, noise),
 ``insertion`` (the insertion case), ``writer`` (nnU-Net v2 dataset), and for the randomised generator
-``anatomy`` (label maps), ``deformation``, ``randomised_lesions``, ``contrast``, ``randomised``.
+``anatomy`` (label maps), ``deformation``, ``randomised_lesions`` (lesions, hard negatives), ``contrast``
+(intensity families), ``randomised`` (the randomised case).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ...engine.preprocess import orientation_direction
 from .geometry import ORIENTATIONS, Geometry, draw_geometry
 from .insertion import SyntheticCase, generate_case, generate_case_details
 from .lesions import MAX_LESION_ML, MAX_LESIONS, MIN_LESION_ML, POLARITIES, LesionInfo
+from .randomised import RandomisedCase, draw_acquisition, generate_randomised_case
 from .template import COLIN27_DIR, COLIN27_DIR_ENV, colin27_available, colin27_dir
-from .writer import parse_seeds, write_dataset
+from .writer import parse_seeds, write_dataset, write_randomised_dataset
 
 __all__ = [
     "COLIN27_DIR",
@@ -35,13 +37,17 @@ __all__ = [
     "POLARITIES",
     "Geometry",
     "LesionInfo",
+    "RandomisedCase",
     "SyntheticCase",
     "colin27_available",
     "colin27_dir",
+    "draw_acquisition",
     "draw_geometry",
     "generate_case",
     "generate_case_details",
+    "generate_randomised_case",
     "orientation_direction",
     "parse_seeds",
     "write_dataset",
+    "write_randomised_dataset",
 ]

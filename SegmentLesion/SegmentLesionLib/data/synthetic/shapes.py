@@ -57,19 +57,24 @@ def draw_shape(rng: np.random.Generator, volume_mm3: float) -> Shape:
     return shape
 
 
-def signed_distance(shape: Shape, sub_voxel: np.ndarray, half: int) -> np.ndarray:
-    """Approximate signed distance (mm, negative inside) of the lesion surface on a 1 mm patch.
+def signed_distance(shape: Shape, sub_voxel: np.ndarray, half, spacing=None) -> np.ndarray:
+    """Approximate signed distance (mm, negative inside) of the lesion surface on a patch (1 mm voxels by default).
 
-    The patch has ``2 * half + 1`` voxels per axis; the lesion centre lies at ``half + sub_voxel``.
+    The patch has ``2 * half + 1`` voxels per axis (``half`` a number or one per axis); the lesion centre lies at
+    ``half + sub_voxel``. ``spacing`` gives the voxel size (mm) per patch axis.
     """
-    axis = np.arange(-half, half + 1, dtype=np.float32)
-    grids = np.meshgrid(*[axis - np.float32(d) for d in sub_voxel], indexing="ij")
+    halves = np.broadcast_to(np.asarray(half, dtype=int), (3,))
+    if spacing is None:
+        axes = [np.arange(-h, h + 1, dtype=np.float32) - np.float32(d) for h, d in zip(halves, sub_voxel)]
+    else:
+        axes = [(np.arange(-h, h + 1, dtype=np.float32) - np.float32(d)) * np.float32(s) for h, d, s in zip(halves, sub_voxel, spacing)]
+    grids = np.meshgrid(*axes, indexing="ij")
     offsets = np.stack(grids, axis=-1).reshape(-1, 3)
     body = (offsets @ shape.rotation.astype(np.float32)) / shape.semi_axes.astype(np.float32)
     rho = np.sqrt(np.einsum("ij,ij->i", body, body))
     u = body / np.maximum(rho, 1e-6)[:, None]
     g = (rho - radius_function(u, shape)).reshape(grids[0].shape)
-    grad = np.gradient(g)
+    grad = np.gradient(g) if spacing is None else np.gradient(g, *[float(v) for v in spacing])
     norm = np.sqrt(grad[0] * grad[0] + grad[1] * grad[1] + grad[2] * grad[2])
     return (g / np.maximum(norm, 1e-3)).astype(np.float32)
 
