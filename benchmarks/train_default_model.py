@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -156,6 +157,7 @@ def main() -> int:
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
     parser.add_argument("--skip-train", action="store_true", help="evaluate / install an already trained model")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the generator logs each case and its time
     work = args.work
     folders = fetch_sources(work)
     train_dir, heldout = generate(args, work, folders)
