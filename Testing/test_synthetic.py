@@ -306,8 +306,9 @@ def test_randomised_label_map_paints_lesions_exactly(colin27_folder) -> None:
 
 
 def test_randomised_lesion_count_and_volumes() -> None:
-    lesions = [lesion for seed in range(40, 46) for lesion in _randomised(seed).lesions]
-    counts = [len(_randomised(seed).lesions) for seed in (40, 41)]
+    cases = [_randomised(seed) for seed in range(40, 46)]
+    lesions = [lesion for case in cases for lesion in case.lesions]
+    counts = [len(case.lesions) for case in cases]
     assert all(1 <= n <= randomised_lesions.MAX_COUNT for n in counts)
     volumes = np.array([lesion.volume_ml for lesion in lesions])
     assert volumes.min() >= randomised_lesions.MIN_VOLUME_ML and volumes.max() <= randomised_lesions.MAX_VOLUME_ML

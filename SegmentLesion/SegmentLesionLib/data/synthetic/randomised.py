@@ -59,8 +59,8 @@ class RandomisedCase:
 
 
 def case_streams(seed: int) -> list[np.random.Generator]:
-    """Independent streams (deformation, lesions, tissue, acquisition, noise) of one seed."""
-    return [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 2023]).spawn(5)]
+    """Independent streams (deformation, lesions, tissue, acquisition, noise, field of view) of one seed."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 2023]).spawn(6)]
 
 
 def _spacing(rng: np.random.Generator, spacing_mm: float | Sequence[float] | None) -> tuple[float, float, float]:
@@ -207,7 +207,7 @@ def _check(seed: int, anatomy: str, contrast: str | None, n_lesions: int | None)
 
 def _label_map(seed_streams, anatomy: Anatomy, n_lesions: int | None):
     """The anatomy's label map with hard negatives and lesions painted in; returns ``(labels, lesions, negatives)``."""
-    _, rng_lesion, _, _, _ = seed_streams
+    rng_lesion = seed_streams[1]
     labels = np.array(anatomy.labels)  # a writable copy of the cached map
     negatives = paint_hard_negatives(rng_lesion, labels, anatomy)
     count = int(rng_lesion.integers(1, MAX_COUNT + 1)) if n_lesions is None else int(n_lesions)
@@ -246,12 +246,12 @@ def generate_randomised_case(
     """
     seed = _check(seed, anatomy, contrast, n_lesions)
     source = load_anatomy(anatomy, folder, working_spacing_mm)
-    rng_deform, _, rng_tissue, rng_acq, rng_noise = streams = case_streams(seed)
+    rng_deform, _, rng_tissue, _, rng_noise, rng_fov = streams = case_streams(seed)
     labels, lesions, negatives = _label_map(streams, source, n_lesions)
     family = contrast or str(rng_tissue.choice(FAMILIES, p=FAMILY_WEIGHTS))
     means, stds = draw_intensities(rng_tissue, family)
     acquisition = draw_acquisition(seed, spacing_mm=spacing_mm, fov=fov)
-    grid, grid_params = _output_grid(source, labels, acquisition, rng_acq, max_voxels)
+    grid, grid_params = _output_grid(source, labels, acquisition, rng_fov, max_voxels)
     deform = draw_deformation(rng_deform, np.array(grid_params["fov_centre_lps"]))
     index = source_indices(deform, grid, source.reference)
     pad = int(np.ceil(7.0 / min(source.reference.GetSpacing()))) + 2  # the widest slice profile, and some
