@@ -138,7 +138,20 @@ def evaluate(model_dir: Path, heldout: dict[str, Path], work: Path) -> dict[str,
     results = {}
     for name, folder in heldout.items():
         metrics_path = work / f"heldout_metrics_{name}.json"
-        run(cli("evaluate", "--dataset", str(folder), "--model", str(model_dir), "--output", str(metrics_path), "--min-lesion-ml", "0.1"))
+        run(
+            cli(
+                "evaluate",
+                "--dataset",
+                str(folder),
+                "--model",
+                str(model_dir),
+                "--output",
+                str(metrics_path),
+                "--min-lesion-ml",
+                "0.1",
+                "--overwrite",
+            )
+        )
         results[name] = json.loads(metrics_path.read_text())["mean"]
         print(f"held-out {name}: {json.dumps(results[name])}", flush=True)
     return results
