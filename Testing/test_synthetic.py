@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import data_sources
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from SegmentLesionLib.data.synthetic import generator as synthetic
+from scipy import ndimage
+from SegmentLesionLib.cli import synthesize
+from SegmentLesionLib.data import synthetic
+from SegmentLesionLib.data.synthetic import anatomy, randomised_lesions
+from SegmentLesionLib.errors import InputError
 
-pytestmark = pytest.mark.skipif(
-    not synthetic.colin27_available(),
-    reason=f"Colin27 not installed in {synthetic.colin27_dir()} (MRIcron templates; or set {synthetic.COLIN27_DIR_ENV})",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def colin27_folder():
+    """The real Colin27 templates (fetched once from Debian's mricron-data), given to the generator by its setting."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = data_sources.colin27_dir()
+        patch.setenv(synthetic.COLIN27_DIR_ENV, str(folder))
+        patch.setenv(anatomy.ROBEX_DIR_ENV, str(data_sources.robex_dir()))
+        yield folder
+
 
 SEEDS = (3, 8, 21)
 
@@ -189,19 +204,196 @@ def test_write_dataset_layout_and_datalist(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(stored_label), sitk.GetArrayViewFromImage(label))
     assert _same_grid(stored_image, image) and _same_grid(stored_label, stored_image)
 
-    monai_data = pytest.importorskip("monai.data")
-    datalist = monai_data.load_decathlon_datalist(
-        str(root / "dataset.json"), is_segmentation=True, data_list_key="training", base_dir=str(root)
-    )
+    from monai.data import load_decathlon_datalist
+
+    datalist = load_decathlon_datalist(str(root / "dataset.json"), is_segmentation=True, data_list_key="training", base_dir=str(root))
     assert len(datalist) == 2
     for item in datalist:
         assert Path(item["image"]).is_file() and Path(item["label"]).is_file()
 
 
+def _synthesize(argv: list[str]) -> int:
+    """Run ``segment-lesion synthesize`` through its own parser (cli/synthesize.py's ``register``)."""
+    parser = argparse.ArgumentParser(prog="segment-lesion")
+    synthesize.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["synthesize", *argv])
+    return args.handler(args)
+
+
 def test_command_line(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    assert synthetic.main(["--output", str(out), "--seeds", "4", "--spacing", "2", "--name", "Dataset002_X"]) == 0
+    assert _synthesize(["--output", str(out), "--seeds", "4", "--spacing", "2", "--name", "Dataset002_X"]) == 0
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["name"] == "Dataset002_X" and dataset["numTraining"] == 1
     assert (out / "imagesTr/case_00004_0000.nii.gz").is_file()
     assert (out / "labelsTr/case_00004.nii.gz").is_file()
+    with pytest.raises(InputError, match="--seeds"):
+        _synthesize(["--output", str(out), "--seeds", "9-2"])
+    with pytest.raises(InputError, match="Colin27 not found"):
+        _synthesize(["--output", str(out), "--colin27", str(tmp_path / "nowhere")])
+
+
+def test_runtime_never_imports_the_generator() -> None:
+    """What Slicer imports at run time (panel, MRML glue, worker, engine) leaves the generator out."""
+    code = (
+        "import sys\n"
+        "import SegmentLesionLib.ui.panel, SegmentLesionLib.ui.mrml, SegmentLesionLib.runtime.worker\n"
+        "import SegmentLesionLib.engine.inference\n"
+        "loaded = [m for m in sys.modules if m.startswith('SegmentLesionLib.data.synthetic')]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+# ---- domain-randomised cases (small grids: the anatomy on 3 mm, the output on 3 mm or thicker slices) ----
+
+WORK_MM = 3.0
+FAMILY_CASES = ("t1", "t2", "flair", "t1c", "random")
+
+
+def _randomised(seed: int, **options) -> synthetic.RandomisedCase:
+    options.setdefault("spacing_mm", 3.0)
+    return synthetic.generate_randomised_case(seed, working_spacing_mm=WORK_MM, with_labels=True, **options)
+
+
+@pytest.fixture(scope="module")
+def randomised_cases(colin27_folder) -> dict[str, synthetic.RandomisedCase]:
+    """One case per contrast family (same seed: same anatomy, lesions and acquisition), plus one of ROBEX."""
+    out = {family: _randomised(31, contrast=family, fov="head") for family in FAMILY_CASES}
+    out["robex"] = _randomised(32, anatomy="robex")
+    return out
+
+
+def _arrays(case: synthetic.RandomisedCase) -> tuple[np.ndarray, ...]:
+    return tuple(sitk.GetArrayFromImage(i) for i in (case.image, case.label, case.fraction, case.brain, case.labels))
+
+
+def test_randomised_determinism() -> None:
+    a, b, c = _randomised(7), _randomised(7), _randomised(8)
+    for x, y in zip(_arrays(a), _arrays(b)):
+        np.testing.assert_array_equal(x, y)
+    assert _same_grid(a.image, b.image) and a.params == b.params
+    assert a.params != c.params
+
+
+def test_randomised_label_is_exactly_the_half_fraction(randomised_cases) -> None:
+    for case in randomised_cases.values():
+        image, label, fraction, brain, labels = _arrays(case)
+        assert _same_grid(case.image, case.label) and _same_grid(case.image, case.labels)
+        np.testing.assert_array_equal(label.astype(bool), fraction >= 0.5)
+        assert label.any() and not np.any(label.astype(bool) & ~brain.astype(bool))
+        # Hard negatives and oedema are in the image, never in the label.
+        assert np.isin(labels, (anatomy.VESSEL, anatomy.CHOROID, anatomy.OEDEMA)).any()
+        lesion_map = np.isin(labels, randomised_lesions.LESION_LABELS)
+        dice = 2.0 * np.count_nonzero(lesion_map & (label > 0)) / (np.count_nonzero(lesion_map) + np.count_nonzero(label))
+        assert dice > 0.8, dice
+
+
+def test_randomised_label_map_paints_lesions_exactly(colin27_folder) -> None:
+    """On the anatomy grid the lesion labels are the painted lesions, away from the hard negatives."""
+    from SegmentLesionLib.data.synthetic import randomised
+
+    source = anatomy.load_anatomy("colin27", spacing_mm=WORK_MM)
+    assert not np.isin(source.labels, randomised_lesions.LESION_LABELS).any()
+    labels, lesions, negatives = randomised._label_map(randomised.case_streams(5), source, 6)
+    assert 1 <= len(lesions) <= 6 and negatives["vessels"] >= 2
+    voxel_ml = float(np.prod(source.reference.GetSpacing())) / 1000.0
+    painted = np.count_nonzero(np.isin(labels, randomised_lesions.LESION_LABELS)) * voxel_ml
+    assert painted == pytest.approx(sum(lesion.painted_ml for lesion in lesions))
+
+
+def test_randomised_lesion_count_and_volumes() -> None:
+    cases = [_randomised(seed) for seed in range(40, 46)]
+    lesions = [lesion for case in cases for lesion in case.lesions]
+    counts = [len(case.lesions) for case in cases]
+    assert all(1 <= n <= randomised_lesions.MAX_COUNT for n in counts)
+    volumes = np.array([lesion.volume_ml for lesion in lesions])
+    assert volumes.min() >= randomised_lesions.MIN_VOLUME_ML and volumes.max() <= randomised_lesions.MAX_VOLUME_ML
+    assert volumes.min() < 1.0 and volumes.max() > 5.0  # small and large in a few cases
+    assert {lesion.place for lesion in lesions} == {"deep_wm", "juxtacortical", "periventricular"}
+    assert any(lesion.ring for lesion in lesions) and any(lesion.oedema_mm > 0 for lesion in lesions)
+    assert all(0.0 <= lesion.painted_ml <= lesion.volume_ml * 1.5 + 0.1 for lesion in lesions)
+
+
+def _mean(image: np.ndarray, labels: np.ndarray, value: int) -> float:
+    return float(image[labels == value].mean())
+
+
+def test_contrast_families_differ(randomised_cases) -> None:
+    means = {}
+    for family in FAMILY_CASES:
+        case = randomised_cases[family]
+        assert case.params["contrast"] == family
+        image, _, _, _, labels = _arrays(case)
+        image = (image - case.params["offset"]) / case.params["intensity_scale"]
+        means[family] = {v: _mean(image, labels, v) for v in (anatomy.WM, anatomy.GM, anatomy.VENTRICLE, anatomy.FAT)}
+    wm, gm, ventricle, fat = anatomy.WM, anatomy.GM, anatomy.VENTRICLE, anatomy.FAT
+    assert means["t1"][wm] > means["t1"][gm] > means["t1"][ventricle]
+    assert means["t1c"][wm] > means["t1c"][gm] > means["t1c"][ventricle]
+    assert means["t2"][ventricle] > means["t2"][gm] > means["t2"][wm]
+    assert means["flair"][gm] > means["flair"][wm] > means["flair"][ventricle]
+    assert means["t1"][fat] > means["t1"][gm]  # fat: a bright hard negative on T1
+    # The same anatomy and acquisition under each family: only intensities differ.
+    grids = [randomised_cases[f].image for f in FAMILY_CASES]
+    assert all(_same_grid(grids[0], g) for g in grids[1:])
+
+
+def test_anatomy_source_recorded(randomised_cases) -> None:
+    assert randomised_cases["t1"].params["anatomy"] == "colin27" and "Colin27" in randomised_cases["t1"].params["source"]
+    assert randomised_cases["robex"].params["anatomy"] == "robex" and "ROBEX" in randomised_cases["robex"].params["source"]
+    for name in anatomy.ANATOMIES:
+        source = anatomy.load_anatomy(name, spacing_mm=WORK_MM)
+        present = set(np.unique(source.labels))
+        head = {anatomy.WM, anatomy.GM, anatomy.DEEP_GM, anatomy.CSF, anatomy.VENTRICLE, anatomy.FAT, anatomy.MUSCLE}
+        assert head | {anatomy.BONE, anatomy.EYE, anatomy.AIR} <= present, name
+
+
+def test_acquisition_draws() -> None:
+    draws = [synthetic.draw_acquisition(seed) for seed in range(60)]
+    assert all(0.4 <= d.spacing[0] == d.spacing[1] <= 1.2 for d in draws)
+    assert all(1.0 <= d.spacing[2] <= 7.0 for d in draws)
+    assert max(d.spacing[2] for d in draws) > 5.0 and min(d.spacing[2] for d in draws) < 1.5
+    slice_axes = {int(np.argmax(np.abs(d.direction[:, 2]))) for d in draws}  # L-R, A-P or S-I
+    assert slice_axes == {0, 1, 2}
+    assert {d.fov for d in draws} == set(synthetic.randomised.FOV_MODES)
+    assert any(d.oblique_deg > 0 for d in draws) and any(d.oblique_deg == 0 for d in draws)
+
+
+def test_slice_thickness_geometry_and_partial_volume() -> None:
+    case = _randomised(12, spacing_mm=(3.0, 3.0, 6.0), fov="brain", contrast="flair")
+    drawn = synthetic.draw_acquisition(12, spacing_mm=(3.0, 3.0, 6.0), fov="brain")
+    np.testing.assert_allclose(case.image.GetSpacing(), (3.0, 3.0, 6.0))
+    np.testing.assert_allclose(np.reshape(case.image.GetDirection(), (3, 3)), drawn.direction)
+    assert case.params["slice_thickness_mm"] == 6.0 and case.params["orientation"] == drawn.orientation
+    fraction = sitk.GetArrayFromImage(case.fraction)
+    assert np.any((fraction > 0.05) & (fraction < 0.95))  # lesion edges averaged over the thick slices
+    thin = _randomised(12, spacing_mm=3.0, fov="brain", contrast="flair")
+    assert case.image.GetSize()[2] < thin.image.GetSize()[2]
+
+
+def test_skull_stripped_field_of_view() -> None:
+    case = _randomised(3, fov="stripped", contrast="t2")
+    image, _, _, brain, _ = _arrays(case)
+    image = (image - case.params["offset"]) / case.params["intensity_scale"]
+    outside = ~ndimage.binary_dilation(brain.astype(bool), iterations=2)
+    assert np.percentile(image[outside], 90) < 0.5 * np.median(image[brain.astype(bool)])
+
+
+def test_write_randomised_dataset(tmp_path: Path) -> None:
+    root = synthetic.write_randomised_dataset(tmp_path / "rand", [4, 5], working_spacing_mm=WORK_MM, spacing_mm=3.0)
+    dataset = json.loads((root / "dataset.json").read_text())
+    assert dataset["numTraining"] == 2 and dataset["labels"] == {"background": 0, "lesion": 1}
+    assert [c["anatomy"] for c in dataset["cases"]] == ["colin27", "robex"]  # seed % 2
+    assert "ROBEX" in dataset["reference"] and "Colin27" in dataset["reference"]
+    stored = sitk.ReadImage(str(root / "labelsTr/case_00005.nii.gz"))
+    expected = _randomised(5, anatomy="robex").label
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(stored), sitk.GetArrayViewFromImage(expected))
+    only_colin = synthetic.write_randomised_dataset(
+        tmp_path / "loo", [5], anatomies=["colin27"], working_spacing_mm=WORK_MM, spacing_mm=3.0
+    )
+    assert json.loads((only_colin / "dataset.json").read_text())["cases"][0]["anatomy"] == "colin27"
+    with pytest.raises(InputError, match="anatomies"):
+        _synthesize(["--output", str(tmp_path / "x"), "--generator", "randomised", "--anatomies", "mni152"])

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
 
 import SimpleITK as sitk  # noqa: E402
-from SegmentLesionLib.data.synthetic import generator as synthetic  # noqa: E402
+from SegmentLesionLib.data import synthetic  # noqa: E402
 from SegmentLesionLib.models.spec import default_model_dir  # noqa: E402
 
 TRAIN_SEEDS = list(range(30001, 30007))

