@@ -162,3 +162,96 @@ def blob_volume(seed: int = 5, shape=(40, 36, 44)) -> tuple[sitk.Image, sitk.Ima
     """A blob case as images (default geometry), for end-to-end checks with ``blob_model``."""
     image, label = blob_case(np.random.default_rng(seed), shape)
     return sitk.GetImageFromArray(image), sitk.GetImageFromArray(label)
+
+
+# ------------------------------------------------------------------ DICOM series (pydicom) and DICOM SEG read-back
+PATIENT_NAME = "Doe^Jane"
+PATIENT_ID = "PID12345"
+BIRTH_DATE = "19700101"
+ACCESSION = "ACC998877"
+
+
+def write_ct_series(folder: Path, size=(12, 10, 6), spacing=(0.8, 0.7, 2.0), orientation=(1, 0, 0, 0, 1, 0), seed=0) -> dict:
+    """Write a small CT series (int16, one file per slice, shuffled file names) carrying a patient identity.
+
+    Returns the identity strings written into the headers (names, IDs, dates, UIDs).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    normal = np.cross(row, column)
+    identity = {
+        "PatientName": PATIENT_NAME,
+        "PatientID": PATIENT_ID,
+        "PatientBirthDate": BIRTH_DATE,
+        "AccessionNumber": ACCESSION,
+        "StudyInstanceUID": generate_uid(),
+        "SeriesInstanceUID": generate_uid(),
+        "FrameOfReferenceUID": generate_uid(),
+        "ReferringPhysicianName": "Smith^John",
+        "StudyID": "STUDY4242",
+        "StudyDate": "20240102",
+    }
+    sop_uids = []
+    # Files are named out of slice order: the reader must sort by position, as for real exports.
+    for k in rng.permutation(size[2]):
+        sop = generate_uid()
+        sop_uids.append(sop)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop
+        for key, value in identity.items():
+            setattr(ds, key, value)
+        ds.PatientSex = "F"
+        ds.StudyTime = "101010"
+        ds.Modality = "CT"
+        ds.Manufacturer = "TestScanner"
+        ds.SeriesNumber = 3
+        ds.InstanceNumber = int(k) + 1
+        position = np.array([-5.0, -4.0, 10.0]) + normal * spacing[2] * int(k)
+        ds.ImagePositionPatient = [float(v) for v in position]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = size[1], size[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -100, 1
+        # Values below 256 keep every other byte zero, so voxel data can never spell a name by chance.
+        ds.PixelData = rng.integers(0, 200, (size[1], size[0]), dtype=np.int16).tobytes()
+        ds.save_as(folder / f"IM{rng.integers(1e6):06d}_{k}.dcm", enforce_file_format=True)
+    identity["SOPInstanceUIDs"] = sop_uids
+    return identity
+
+
+def series_label(series: Path, boxes: dict[int, tuple[slice, slice, slice]]) -> sitk.Image:
+    """A labelmap on the series' grid with value -> (k, j, i) boxes."""
+    from SegmentLesionLib.io.volume import read_volume
+
+    image = read_volume(series)
+    array = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    for value, box in boxes.items():
+        array[box] = value
+    label = sitk.GetImageFromArray(array)
+    label.CopyInformation(image)
+    return label
+
+
+def read_back(path: Path, series: Path) -> np.ndarray:
+    """The SEG's segments as a label array (k, j, i) in the series' slice order, read with highdicom."""
+    import highdicom as hd
+    import pydicom
+    from SegmentLesionLib.io.volume import dicom_series_files
+
+    seg = hd.seg.segread(str(path))
+    uids = [str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in dicom_series_files(series)]
+    return seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False, skip_overlap_checks=True)

@@ -663,7 +663,7 @@ def test_case_ids_validated_and_generated(tmp_path):
 def test_dicom_source_no_identity_anywhere_and_other_formats(tmp_path, model_dir):
     import highdicom as hd
     import slicerio
-    from test_dicom_seg import read_back, series_label, write_ct_series
+    from conftest import read_back, series_label, write_ct_series
 
     series = tmp_path / "Doe_Jane_PID12345"  # the folder name identifies the patient, as it often does
     identity = write_ct_series(series)
