@@ -343,3 +343,45 @@ def test_a_broken_model_gives_one_clear_error(logic, tmp_path):
     assert node_ids(logic.scene) == before and not logic.worker.busy
     logic.worker.client.process.wait(timeout=30)
     assert logic.poll() == [], "the worker's exit after the error is not a second message"
+
+
+def test_the_table_after_strokes_equals_a_fresh_measurement(logic, tmp_path):
+    """Painting and erasing (as the Segment Editor does, over each stroke's extent) keeps the table exact."""
+    from scipy import ndimage
+
+    image = grid_image((30, 32, 34), spacing=(1.0, 1.0, 2.0))
+    labels = np.zeros((30, 32, 34), np.uint8)
+    labels[3:8, 3:9, 3:10] = 1
+    labels[20:26, 18:25, 20:28] = 1
+    volume = load_volume(logic.scene, write(image, tmp_path / "t1.nrrd"))
+    node = logic.import_result(volume, write(on_grid(labels, image), tmp_path / "labels.nrrd"), LABELS[:1], show_3d=False)
+    matrix = geometry.ijk_to_ras(volume)
+    rng = np.random.default_rng(3)
+    for stroke in range(12):
+        centre = rng.integers(2, 28, 3)
+        radius = int(rng.integers(1, 4))
+        box = [(max(int(c) - radius, 0), min(int(c) + radius, n - 1)) for c, n in zip(centre, (30, 32, 34))]
+        painted = slicer.vtkOrientedImageData()
+        painted.SetExtent(box[2][0], box[2][1], box[1][0], box[1][1], box[0][0], box[0][1])
+        painted.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        geometry.image_array(painted)[:] = 1
+        painted.SetImageToWorldMatrix(geometry.numpy_to_matrix(matrix))
+        mode = logic.segmentations_logic.MODE_MERGE_MAX if stroke % 3 else logic.segmentations_logic.MODE_MERGE_MIN
+        if mode == logic.segmentations_logic.MODE_MERGE_MIN:  # erase: a block of zeros merged by minimum
+            geometry.image_array(painted)[:] = 0
+        logic.segmentations_logic.SetBinaryLabelmapToSegment(painted, node, "Segment_1", mode, painted.GetExtent())
+        table = logic.lesion_table(node)
+
+        current = logic.labelmap_array(node) > 0
+        components, count = ndimage.label(current, structure=np.ones((3, 3, 3)))
+        sizes = sorted(np.bincount(components.ravel())[1:].tolist(), reverse=True)
+        assert [lesion["voxels"] for lesion in table] == sizes, stroke
+        assert [lesion["id"] for lesion in table] == list(range(1, count + 1))
+        for lesion in table:
+            assert lesion["segment"] == "Lesion" and lesion["volume_ml"] == pytest.approx(lesion["voxels"] * 2.0 / 1000)
+        centroids = sorted(
+            tuple(np.round((np.argwhere(components == index)[:, ::-1] @ matrix[:3, :3].T + matrix[:3, 3]).mean(axis=0), 2))
+            for index in range(1, count + 1)
+        )
+        found = sorted(tuple(np.round(lesion["centroid_ras"], 2)) for lesion in table)
+        assert np.allclose(np.reshape(found, (-1, 3)), np.reshape(centroids, (-1, 3)), atol=0.02), stroke

@@ -76,12 +76,13 @@ def labelmap_array(segmentation_node: slicer.vtkMRMLSegmentationNode, volume_nod
 
 def shared_layer_view(
     segmentation_node: slicer.vtkMRMLSegmentationNode, volume_node: slicer.vtkMRMLVolumeNode | None = None
-) -> Optional[tuple[np.ndarray, dict[int, int]]]:
-    """The segments' one shared labelmap layer as a (k, j, i) view, with layer value -> label value; no copy.
+) -> Optional[tuple[np.ndarray, dict[int, int], tuple[slice, slice, slice]]]:
+    """The segments' one shared labelmap layer as a (k, j, i) view, layer value -> label value, and the box of the
+    volume's grid it covers (0 elsewhere); no copy.
 
-    None unless every segment lies in one layer that covers the volume's grid exactly (what this module's results
-    and the Segment Editor's strokes on them are): then a refresh need not merge the segments (a third of a
-    second on a 512x512x300 CT). Callers must not keep or change the view.
+    None unless every segment lies in one layer on the volume's voxel grid (what this module's results and the
+    Segment Editor's strokes on them are): then a refresh need not merge the segments (a third of a second on a
+    512x512x300 CT). Callers must not keep or change the view.
     """
     volume_node = _grid(segmentation_node, volume_node)
     segmentation = segmentation_node.GetSegmentation()
@@ -95,13 +96,17 @@ def shared_layer_view(
         if segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id) is not layer:
             return None
         mapping[int(segmentation.GetSegment(segment_id).GetLabelValue())] = value
-    if layer is None or layer.GetExtent() != volume_node.GetImageData().GetExtent() or layer.GetNumberOfScalarComponents() != 1:
+    if layer is None or layer.GetNumberOfScalarComponents() != 1 or layer.GetPointData().GetScalars() is None:
         return None
+    extent, grid = layer.GetExtent(), volume_node.GetImageData().GetExtent()
+    if any(extent[2 * a] < grid[2 * a] or extent[2 * a + 1] > grid[2 * a + 1] for a in range(3)):
+        return None
+    box = tuple(slice(extent[2 * a] - grid[2 * a], extent[2 * a + 1] - grid[2 * a] + 1) for a in (2, 1, 0))
     matrix = vtk.vtkMatrix4x4()
     layer.GetImageToWorldMatrix(matrix)
     if not np.allclose(matrix_to_numpy(matrix), ijk_to_ras(volume_node), atol=1e-6):
         return None
-    return image_array(layer), mapping
+    return image_array(layer), mapping, box
 
 
 def labelmap_image(segmentation_node: slicer.vtkMRMLSegmentationNode, volume_node: slicer.vtkMRMLVolumeNode | None = None) -> sitk.Image:

@@ -50,12 +50,15 @@ def _within(inner: Box, outer: Box) -> Box:
 
 def changed_box(old: np.ndarray, new: np.ndarray) -> Optional[Box]:
     """The smallest box holding every voxel where two (k, j, i) arrays differ; None when they are equal."""
-    rows_old, rows_new = old.reshape(old.shape[0], -1), new.reshape(new.shape[0], -1)
-    width = rows_old.shape[1] * old.itemsize
-    if width % 8 == 0 and rows_old.flags.c_contiguous and rows_new.flags.c_contiguous:
+    if old.size == 0:
+        return None
+    contiguous = old.flags.c_contiguous and new.flags.c_contiguous
+    rows_old = old.reshape(old.shape[0], -1) if contiguous else old
+    rows_new = new.reshape(new.shape[0], -1) if contiguous else new
+    if contiguous and rows_old.shape[1] * old.itemsize % 8 == 0:
         # Eight voxels per comparison: the whole-grid scan is what a stroke's refresh mostly costs.
         rows_old, rows_new = rows_old.view(np.uint64), rows_new.view(np.uint64)
-    slices = np.flatnonzero((rows_old != rows_new).any(axis=1))
+    slices = np.flatnonzero((rows_old != rows_new).reshape(old.shape[0], -1).any(axis=1))
     if slices.size == 0:
         return None
     k = slice(int(slices[0]), int(slices[-1]) + 1)
@@ -69,29 +72,50 @@ class LesionTracker:
     """Lesions (fully connected components of the non-zero voxels) of a labelmap that changes a little at a time.
 
     Args:
+        shape: the grid's (k, j, i) size.
         ijk_to_world: 4x4 voxel (i, j, k) to world RAS matrix of the grid.
         probability: foreground probability per voxel, (k, j, i), or None.
     """
 
-    def __init__(self, ijk_to_world: np.ndarray, probability: Optional[np.ndarray] = None) -> None:
+    def __init__(self, shape: tuple[int, ...], ijk_to_world: np.ndarray, probability: Optional[np.ndarray] = None) -> None:
+        self.shape = tuple(int(n) for n in shape)
         self.ijk_to_world = np.asarray(ijk_to_world, dtype=float)
         self.probability = probability
         self.labels: Optional[np.ndarray] = None
         self.lesions: list[_Lesion] = []
 
-    def update(self, labelmap: np.ndarray) -> list[dict[str, Any]]:
-        """The lesion table of ``labelmap`` (k, j, i; any integer label values, 0 = background).
+    def update(self, labelmap: np.ndarray, box: Optional[Box] = None) -> list[dict[str, Any]]:
+        """The lesion table of a labelmap (k, j, i; any integer label values, 0 = background).
 
-        Entries are ``postprocess.lesion_table``'s; ``label`` is the lesion's majority value in ``labelmap``.
+        ``labelmap`` covers ``box`` of the grid (default: all of it; elsewhere the labelmap is 0), as a
+        segmentation's labelmap layer covers only its effective extent after an edit. Entries are
+        ``postprocess.lesion_table``'s; ``label`` is the lesion's majority value in the labelmap.
         """
-        if self.labels is None or self.labels.shape != labelmap.shape or self.labels.dtype != labelmap.dtype:
-            self.labels = np.zeros_like(labelmap)
+        box = box or tuple(slice(0, n) for n in self.shape)
+        if self.labels is None or self.labels.dtype != labelmap.dtype:
+            self.labels = np.zeros(self.shape, labelmap.dtype)
             self.lesions = []
-        box = changed_box(self.labels, labelmap)
-        if box is not None:
-            self._relabel(_grow(box, labelmap.shape), labelmap)
-            self.labels[box] = labelmap[box]
+        foreground = self._foreground()
+        if foreground is not None and _overlap(foreground, box) != foreground:  # voxels erased outside the layer
+            full = np.zeros(self.shape, labelmap.dtype)
+            full[box] = labelmap
+            labelmap, box = full, tuple(slice(0, n) for n in self.shape)
+        local = changed_box(self.labels[box], labelmap)
+        if local is not None:
+            changed = tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(local, box))
+            self.labels[changed] = labelmap[local]
+            self._relabel(_grow(changed, self.shape), self.labels)
         return self.table()
+
+    def _foreground(self) -> Optional[Box]:
+        """The box of every non-zero voxel of the cached labelmap (the lesions cover them all)."""
+        boxes = [lesion.box for lesion in self.lesions]
+        if not boxes:
+            return None
+        result = boxes[0]
+        for other in boxes[1:]:
+            result = _union(result, other)
+        return result
 
     def table(self) -> list[dict[str, Any]]:
         """The current lesions, numbered 1..N by decreasing volume (copies of the entries)."""

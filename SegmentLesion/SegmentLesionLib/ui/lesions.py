@@ -35,11 +35,12 @@ class LesionReview:
         volume_node = reference_volume(segmentation_node)
         view = shared_layer_view(segmentation_node, volume_node)
         if view is None:
-            labels = labelmap_array(segmentation_node, volume_node)
+            labels, box = labelmap_array(segmentation_node, volume_node), None
             mapping = {value: value for value in segment_label_values(segmentation_node).values()}
         else:
-            labels, mapping = view
-        lesions = self._tracker(segmentation_node, volume_node, labels.shape).update(labels)
+            labels, mapping, box = view
+        shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
+        lesions = self._tracker(segmentation_node, volume_node, shape).update(labels, box)
         segmentation = segmentation_node.GetSegmentation()
         names = {
             value: segmentation.GetSegment(segment_id).GetName() for segment_id, value in segment_label_values(segmentation_node).items()
@@ -62,7 +63,7 @@ class LesionReview:
         key = (volume_node.GetID(), tuple(world.ravel()), None if image is None else (id(image), image.GetMTime()))
         known = self._trackers.get(segmentation_node.GetID())
         if known is None or known[0] != key:
-            known = (key, LesionTracker(world, probability))
+            known = (key, LesionTracker(shape, world, probability))
             self._trackers[segmentation_node.GetID()] = known
         return known[1]
 
