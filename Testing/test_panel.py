@@ -152,7 +152,7 @@ def logic():
 def make_panel(app, logic, model_3d, tmp_path):
     panels = []
 
-    def build(default_model_dir=model_3d):
+    def build(default_model_dir=model_3d, needs_packages=None):
         ui = load_ui(logic.scene)
         dialogs = Dialogs()
         settings = QtCore.QSettings(str(tmp_path / f"settings{len(panels)}.ini"), QtCore.QSettings.IniFormat)
@@ -165,6 +165,7 @@ def make_panel(app, logic, model_3d, tmp_path):
             choose_folder=lambda title: "",
             settings=settings,
             default_model_dir=default_model_dir,
+            needs_packages=needs_packages,
             registry=tmp_path / f"registry{len(panels)}",
         )
         panel.dialogs = dialogs
@@ -540,6 +541,39 @@ def test_dependency_check_finds_what_is_missing_and_pins_what_is_kept():
     pins = dependencies.constraints(["numpy", "SimpleITK", "no-such-package-segment-lesion"]).split()
     assert pins == [f"numpy=={np.__version__}", f"SimpleITK=={dependencies.installed_version('SimpleITK')}"]
     assert not {"numpy", "SimpleITK", "vtk", "torch"} & {requirement.split(">")[0] for requirement in dependencies.REQUIREMENTS}
+
+
+def test_the_torch_check_reads_package_metadata_and_does_not_import_torch():
+    import subprocess
+    import sys
+
+    from SegmentLesionLib.ui import dependencies
+
+    assert dependencies.torch_ready("1.0") and not dependencies.torch_ready("999")
+    code = "import sys; from SegmentLesionLib.ui import dependencies; assert dependencies.torch_ready(); print('torch' in sys.modules)"
+    environment = {**os.environ, "PYTHONPATH": str(MODULE_DIR)}
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True).stdout.strip() == "False"
+    )
+
+
+def test_export_checks_the_packages_too(app, make_panel, logic, tmp_path):
+    """A result restored with a scene reaches Export without a Segment click: the check runs there as well."""
+    volume, _ = add_volume(logic.scene, tmp_path, "reopened")
+    labels = np.zeros((20, 24, 28), np.uint8)
+    labels[5:9, 6:10, 7:12] = 1
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(sitk.ReadImage(str(tmp_path / "reopened.nrrd")))
+    sitk.WriteImage(label_image, str(tmp_path / "reopened_labels.nrrd"))
+    from SegmentLesionLib.models.spec import LabelInfo
+
+    node = logic.import_result(volume, tmp_path / "reopened_labels.nrrd", [LabelInfo(1, "lesion", [1, 0, 0])], show_3d=False)
+    checks = []
+    panel = make_panel(needs_packages=lambda: checks.append("check") or False)  # the user declines the install
+    panel.set_segmentation(node)
+    panel.ui.datasetPathLineEdit.setCurrentPath(str(tmp_path / "dataset"))
+    click(app, panel.ui.exportButton)
+    assert checks == ["check"] and not (tmp_path / "dataset").exists() and panel.dialogs.messages == []
 
 
 def test_a_restored_result_is_shown_and_other_nodes_are_not(app, make_panel, logic, tmp_path):
