@@ -613,9 +613,7 @@ def test_a_worker_killed_mid_request_shows_one_message_and_the_next_click_starts
         panel.poll()
         time.sleep(0.02)
     assert len(panel.dialogs.messages) == 1, panel.dialogs.messages
-    assert (
-        panel.dialogs.messages[0].startswith("Segmentation failed.\n\n") and "next Segment starts a new worker" in panel.dialogs.messages[0]
-    )
+    assert panel.dialogs.messages[0].startswith("Segmentation failed.\n\n") and "the next Segment starts a new" in panel.dialogs.messages[0]
     assert prop(ui.segmentButton, "text") == "Segment" and ui.inputSelector.isEnabled()
     assert node_ids(logic.scene) == before and logic.result_for(volume) is None
 

@@ -138,7 +138,8 @@ class SegmentSection:
         client = self.logic.worker.client
         died = event.kind == "died" or client is None or not client.running
         self.set_status("Segmentation failed: the scene is unchanged." if not died else f"Segmentation failed. {WORKER_DIED_HINT}")
-        self.context.show_error("Segmentation failed.", f"{event.message}\n\n{WORKER_DIED_HINT}" if died else event.message)
+        hint = died and "next Segment" not in event.message  # the runtime's own message may say so already
+        self.context.show_error("Segmentation failed.", f"{event.message}\n\n{WORKER_DIED_HINT}" if hint else event.message)
 
     def report_done(self, lesions: list[dict[str, Any]], seconds: float) -> None:
         """The status line after a run: how many lesions, how much, how long."""
