@@ -100,8 +100,14 @@ def sampleChecksum(fileName: str) -> str:
     return f"SHA256:{_sha256(SAMPLE_DATA_DIR / fileName)}"
 
 
+_sampleDataRegistered = False
+
+
 def registerSampleData():
-    """Register the sample case (a generated brain MRI with lesions, and its true mask) with SampleData."""
+    """Register the sample case (a generated brain MRI with lesions, and its true mask) with SampleData, once."""
+    global _sampleDataRegistered
+    if _sampleDataRegistered:  # at startup, and again by each self-test run: the sources are added once
+        return
     import SampleData
 
     image, truth = SAMPLE_DATA_DIR / SAMPLE_IMAGE, SAMPLE_DATA_DIR / SAMPLE_TRUTH
@@ -131,6 +137,7 @@ def registerSampleData():
             nodeNames="SampleBrainLesion truth",
             loadFileProperties={"labelmap": True},
         )
+    _sampleDataRegistered = True
 
 
 #
@@ -197,12 +204,16 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             choose_folder=lambda title: qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title),
             settings=qt.QSettings(),
             default_model_dir=DEFAULT_MODEL_DIR,
-            before_segment=self.logic.ensureDependencies,
+            needs_packages=self.logic.ensureDependencies,
             python=pythonExecutable(),
             on_result=self.onResult,
         )
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelOrDeviceChanged)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onModelOrDeviceChanged)
+        # As Slicer's Segment Editor module does: effects registered after the editor widget was created
+        # (e.g. by extensions loaded later, or with this module as the startup module) appear too.
+        self.effectFactory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self.effectFactory.connect("effectRegistered(QString)", self.onEditorEffectRegistered)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -211,10 +222,15 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Called when the application closes: stop timers, the worker process and observations."""
         self.removeObservers()
+        if getattr(self, "effectFactory", None) is not None:
+            self.effectFactory.disconnect("effectRegistered(QString)", self.onEditorEffectRegistered)
         if self.panel is not None:
             self.panel.cleanup()
         if self.logic is not None:
             self.logic.close()
+
+    def onEditorEffectRegistered(self, *_) -> None:
+        self.ui.segmentEditorWidget.updateEffectList()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -257,8 +273,10 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             # Widgets with a "SlicerParameterName" property in the .ui follow the parameter node both ways.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.panel.select_model(self._parameterNode.modelFolder)
-            self.panel.select_device(self._parameterNode.device)
+            # Both read before either is selected: selecting writes back to the parameter node.
+            modelFolder, device = self._parameterNode.modelFolder, self._parameterNode.device
+            self.panel.select_model(modelFolder)
+            self.panel.select_device(device)
             self.panel.set_segmentation(self._parameterNode.segmentation)
 
     def onModelOrDeviceChanged(self, *_) -> None:
@@ -301,6 +319,11 @@ class SegmentLesionLogic(ScriptedLoadableModuleLogic):
             python=pythonExecutable(),
             temp_root=slicer.app.temporaryPath,
         )
+        if hasattr(slicer.modules, "terminologies"):
+            # "Lesion" is in none of Slicer's terminology dictionaries: load the module's own context.
+            from SegmentLesionLib.ui.terminology import load_terminology
+
+            load_terminology(slicer.modules.terminologies.logic())
 
     def getParameterNode(self):
         return SegmentLesionParameterNode(super().getParameterNode())
@@ -329,27 +352,37 @@ class SegmentLesionLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self) -> bool:
         """Install what the model needs, only after the user agrees; False when the user declines.
 
-        torch comes from the PyTorch extension; the rest through ``slicer.packaging`` (or ``slicer.util.pip_install``
+        Called before every action that needs the packages (Segment, Export, Retrain, Compare, Promote). torch
+        comes from the PyTorch extension, asked only when package metadata shows no suitable torch (its check
+        imports torch into Slicer's process); the rest through ``slicer.packaging`` (or ``slicer.util.pip_install``
         on older Slicer), with constraints that keep Slicer's own numpy, VTK and SimpleITK and the installed torch.
         """
         from SegmentLesionLib.ui import dependencies
 
+        if not dependencies.torch_ready() and not self._installTorch(dependencies.MINIMUM_TORCH):
+            return False
+        return self._installPackages(dependencies)
+
+    def _installTorch(self, minimum: str) -> bool:
         try:
             import PyTorchUtils
         except ModuleNotFoundError as exc:
             raise RuntimeError(_("This module needs the PyTorch extension: install 'PyTorch' from the Extensions Manager.")) from exc
+        # Not torchInstalled(): it imports torch into Slicer's process; metadata already said it is missing.
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if slicer.app.testingEnabled():
-                raise RuntimeError(_("PyTorch is not installed (not installed automatically during tests)."))
-            if not slicer.util.confirmOkCancelDisplay(
-                _(
-                    "Segment Lesion runs its AI model with PyTorch, which is not installed yet.\n\nInstall PyTorch now? It may take several minutes."
-                )
-            ):
-                return False
-            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=f">={dependencies.MINIMUM_TORCH}") is None:
-                raise RuntimeError(_("PyTorch could not be installed."))
+        if slicer.app.testingEnabled():
+            raise RuntimeError(_("PyTorch is not installed (not installed automatically during tests)."))
+        if not slicer.util.confirmOkCancelDisplay(
+            _(
+                "Segment Lesion runs its AI model with PyTorch, which is not installed yet.\n\nInstall PyTorch now? It may take several minutes."
+            )
+        ):
+            return False
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=f">={minimum}") is None:
+            raise RuntimeError(_("PyTorch could not be installed."))
+        return True
+
+    def _installPackages(self, dependencies) -> bool:
         missing = dependencies.missing_requirements()
         if not missing:
             return True
@@ -409,6 +442,15 @@ class SegmentLesionTest(ScriptedLoadableModuleTest):
         truth = SampleData.downloadSample("SampleBrainLesionTruth")
         return volume, truth
 
+    @staticmethod
+    def _waitWhile(condition, timeoutSeconds: float) -> None:
+        """Run Slicer's event loop (the GUI stays responsive, the panel's timers fire) while ``condition()`` holds."""
+        deadline = time.time() + timeoutSeconds
+        while condition() and time.time() < deadline:
+            loop = qt.QEventLoop()
+            qt.QTimer.singleShot(100, loop.quit)
+            loop.exec_()
+
     def test_LogicOnSampleCase(self):
         import numpy as np
 
@@ -430,7 +472,9 @@ class SegmentLesionTest(ScriptedLoadableModuleTest):
             self.assertIsNotNone(lesions.ai_labelmap_node(segmentation))
             self.assertFalse(lesions.has_edits(segmentation))
             segment = segmentation.GetSegmentation().GetNthSegment(0)
-            self.assertIn("Lesion", segment.GetTerminology())
+            from SegmentLesionLib.ui.terminology import segment_terminology
+
+            self.assertIn("Lesion", segment_terminology(segment))
 
             # An edit (erase everything) is detected, and the table follows it.
             empty = slicer.vtkOrientedImageData()
@@ -453,7 +497,7 @@ class SegmentLesionTest(ScriptedLoadableModuleTest):
             lesions.save_segmentation(segmentation, path)
             reloaded = lesions.load_segmentation(path)
             self.assertEqual(reloaded.GetSegmentation().GetNthSegment(0).GetName(), segment.GetName())
-            self.assertEqual(reloaded.GetSegmentation().GetNthSegment(0).GetTerminology(), segment.GetTerminology())
+            self.assertEqual(segment_terminology(reloaded.GetSegmentation().GetNthSegment(0)), segment_terminology(segment))
             path.unlink()
         finally:
             logic.close()
@@ -467,15 +511,17 @@ class SegmentLesionTest(ScriptedLoadableModuleTest):
         widget.ui.inputSelector.setCurrentNode(volume)
         widget.ui.segmentButton.click()
         self.assertEqual(widget.ui.segmentButton.text, "Cancel")
-        deadline = time.time() + 1800
-        while widget.panel.running and time.time() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.05)
+        self._waitWhile(lambda: widget.panel.running, timeoutSeconds=1800)
         self.assertFalse(widget.panel.running)
         self.assertEqual(widget.ui.segmentButton.text, "Segment")
         segmentation = widget.logic.lesions.result_for(volume)
         self.assertIsNotNone(segmentation)
         self.assertGreater(widget.ui.lesionTable.rowCount, 0)
-        self.assertEqual(widget.ui.lesionTable.rowCount, len(widget.logic.lesions.lesion_table(segmentation)))
+        # The number of lesions worked out directly: 26-connected components of the segmentation's voxels.
+        import numpy as np
+        from scipy import ndimage
+
+        labels = widget.logic.lesions.labelmap_array(segmentation)
+        self.assertEqual(widget.ui.lesionTable.rowCount, ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))[1])
         self.assertIs(widget.ui.segmentEditorWidget.segmentationNode(), segmentation)
         self.delayDisplay("Panel test passed")

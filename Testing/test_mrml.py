@@ -15,7 +15,7 @@ from conftest import oblique_direction
 from SegmentLesionLib.errors import InputError, SegmentLesionError
 from SegmentLesionLib.models.spec import LESION_TERMINOLOGY, LabelInfo
 from SegmentLesionLib.runtime.jobs import JobState
-from SegmentLesionLib.ui import mrml
+from SegmentLesionLib.ui import geometry, mrml, terminology
 
 LABELS = [
     LabelInfo(1, "Lesion", [0.9, 0.3, 0.2]),
@@ -108,24 +108,26 @@ def test_result_becomes_named_coloured_segments_on_the_volume_grid(logic, tmp_pa
         assert segment.GetName() == label.name
         assert np.allclose(segment.GetColor(), label.color)
         assert segment.GetLabelValue() == label.value
-        entry = slicerio.segmentation.terminology_entry_from_string(segment.GetTerminology())
+        entry = slicerio.segmentation.terminology_entry_from_string(terminology.segment_terminology(segment))
         assert entry["category"] == label.terminology["category"] and entry["type"] == label.terminology["type"]
-        assert entry["contextName"] == mrml.TERMINOLOGY_CONTEXT
-    assert "~SCT^52988006^Lesion~" in segmentation.GetNthSegment(0).GetTerminology()
+    # "Lesion" is in no dictionary Slicer ships: it names the module's own context; Edema is in Slicer's list.
+    lesion, oedema = (terminology.segment_terminology(segmentation.GetNthSegment(index)) for index in range(2))
+    assert lesion.startswith("Segmentation category and type - SegmentLesion~") and "~SCT^52988006^Lesion~" in lesion
+    assert oedema.startswith(terminology.GENERAL_ANATOMY_CONTEXT + "~")
 
     # Geometry: the reference geometry and the stored labelmap are the volume's grid, exactly.
-    volume_matrix = mrml.ijk_to_ras(volume)
+    volume_matrix = geometry.ijk_to_ras(volume)
     reference = slicer.vtkOrientedImageData()
     slicer.vtkSegmentationConverter.DeserializeImageGeometry(
         segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), reference
     )
     matrix = vtk.vtkMatrix4x4()
     reference.GetImageToWorldMatrix(matrix)
-    assert np.allclose(mrml.matrix_to_numpy(matrix), volume_matrix, atol=1e-6)
+    assert np.allclose(geometry.matrix_to_numpy(matrix), volume_matrix, atol=1e-6)
     assert reference.GetExtent() == volume.GetImageData().GetExtent()
     internal = node.GetBinaryLabelmapInternalRepresentation("Segment_1")
     internal.GetImageToWorldMatrix(matrix)
-    assert np.allclose(mrml.matrix_to_numpy(matrix), volume_matrix, atol=1e-6)
+    assert np.allclose(geometry.matrix_to_numpy(matrix), volume_matrix, atol=1e-6)
     assert np.array_equal(logic.labelmap_array(node), labels)
 
     # Display: fill and outline in 2D, a closed surface in 3D.
@@ -136,13 +138,49 @@ def test_result_becomes_named_coloured_segments_on_the_volume_grid(logic, tmp_pa
     # The model's own output is kept, hidden, for the export's provenance.
     ai = logic.ai_labelmap_node(node)
     assert ai.GetName() == "T1 lesions (AI)" and ai.GetHideFromEditors() and ai.GetDisplayNode() is None
-    assert np.array_equal(mrml.image_array(ai.GetImageData()), labels)
-    assert np.allclose(mrml.ijk_to_ras(ai), volume_matrix)
+    assert np.array_equal(geometry.image_array(ai.GetImageData()), labels)
+    assert np.allclose(geometry.ijk_to_ras(ai), volume_matrix)
     assert logic.probability_node(node).GetHideFromEditors()
     assert logic.model_summary(node)["sha256"] == "ab" * 32
     assert sitk.GetArrayFromImage(logic.ai_labelmap_image(node)).tolist() == labels.tolist()
     exported = logic.labelmap_image(node)
     assert np.allclose(exported.GetDirection(), image.GetDirection()) and np.allclose(exported.GetOrigin(), image.GetOrigin())
+
+
+def test_the_shipped_terminology_lists_the_lesion_type_of_the_segments(logic, tmp_path):
+    """Slicer's terminologies logic loads the shipped context file, and finds the segments' category and type in it."""
+    image, labels, labelmap_path, probability_path = hand_case(tmp_path)
+    volume = load_volume(logic.scene, write(image, tmp_path / "t1.nrrd"))
+    node = logic.import_result(volume, labelmap_path, LABELS, probability_path, show_3d=False)
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    name = terminology.load_terminology(terminologies)
+    assert terminology.load_terminology(terminologies) == name  # loaded once
+    names = vtk.vtkStringArray()
+    terminologies.GetLoadedTerminologyNames(names)
+    assert [names.GetValue(index) for index in range(names.GetNumberOfValues())] == [name]
+
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert terminologies.DeserializeTerminologyEntry(terminology.segment_terminology(node.GetSegmentation().GetNthSegment(0)), entry)
+    assert entry.GetTerminologyContextName() == name
+    category, kind = slicer.vtkSlicerTerminologyCategory(), slicer.vtkSlicerTerminologyType()
+    assert terminologies.GetNthCategoryInTerminology(name, 0, category)
+    assert terminologies.GetNthTypeInTerminologyCategory(name, category, 0, kind)
+    assert (category.GetCodeValue(), kind.GetCodeValue()) == (
+        entry.GetCategoryObject().GetCodeValue(),
+        entry.GetTypeObject().GetCodeValue(),
+    )
+    assert (kind.GetCodingSchemeDesignator(), kind.GetCodeValue(), kind.GetCodeMeaning()) == tuple(LESION_TERMINOLOGY["type"])
+
+
+def test_finding_results_leaks_no_collection(logic, tmp_path):
+    """``GetNodesByClass`` hands over a collection: each lookup releases it, so no node gains a reference."""
+    image, labels, labelmap_path, probability_path = hand_case(tmp_path)
+    volume = load_volume(logic.scene, write(image, tmp_path / "t1.nrrd"))
+    node = logic.import_result(volume, labelmap_path, LABELS, probability_path, show_3d=False)
+    before = node.GetReferenceCount()
+    for _ in range(20):
+        assert logic.result_for(volume) is node
+    assert node.GetReferenceCount() == before
 
 
 def test_lesion_table_values_worked_out_by_hand(logic, tmp_path):
@@ -173,9 +211,9 @@ def test_table_follows_edits_and_edits_are_detected(logic, tmp_path):
     painted = slicer.vtkOrientedImageData()
     painted.SetExtent(0, 15, 0, 13, 0, 11)
     painted.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    mrml.image_array(painted)[:] = 0
-    mrml.image_array(painted)[10, 1, 1:3] = 1
-    painted.SetImageToWorldMatrix(mrml.numpy_to_matrix(mrml.ijk_to_ras(volume)))
+    geometry.image_array(painted)[:] = 0
+    geometry.image_array(painted)[10, 1, 1:3] = 1
+    painted.SetImageToWorldMatrix(geometry.numpy_to_matrix(geometry.ijk_to_ras(volume)))
     logic.segmentations_logic.SetBinaryLabelmapToSegment(
         painted, node, "Segment_1", logic.segmentations_logic.MODE_MERGE_MAX, painted.GetExtent()
     )
@@ -211,7 +249,7 @@ def test_jump_centres_the_slice_views_on_a_lesion(logic, tmp_path):
     centroid = logic.lesion_table(node)[0]["centroid_ras"]
     logic.jump_to(centroid)
     for slice_logic in slice_logics:
-        slice_to_ras = mrml.matrix_to_numpy(slice_logic.GetSliceNode().GetSliceToRAS())
+        slice_to_ras = geometry.matrix_to_numpy(slice_logic.GetSliceNode().GetSliceToRAS())
         assert np.allclose(slice_to_ras[:3, 3], centroid, atol=1e-6)
 
 
@@ -227,7 +265,7 @@ def test_seg_nrrd_save_and_reload_keeps_names_colours_terminology(logic, tmp_pat
     for index, label in enumerate(LABELS):
         segment = segmentation.GetNthSegment(index)
         assert segment.GetName() == label.name and np.allclose(segment.GetColor(), label.color, atol=1e-3)
-        assert segment.GetTerminology() == node.GetSegmentation().GetNthSegment(index).GetTerminology()
+        assert terminology.segment_terminology(segment) == terminology.segment_terminology(node.GetSegmentation().GetNthSegment(index))
         assert segment.GetLabelValue() == label.value
     assert logic.segment_label_values(reloaded) == {"Segment_1": 1, "Segment_2": 2}
     assert np.array_equal(logic.labelmap_array(reloaded, volume), labels)
@@ -305,3 +343,45 @@ def test_a_broken_model_gives_one_clear_error(logic, tmp_path):
     assert node_ids(logic.scene) == before and not logic.worker.busy
     logic.worker.client.process.wait(timeout=30)
     assert logic.poll() == [], "the worker's exit after the error is not a second message"
+
+
+def test_the_table_after_strokes_equals_a_fresh_measurement(logic, tmp_path):
+    """Painting and erasing (as the Segment Editor does, over each stroke's extent) keeps the table exact."""
+    from scipy import ndimage
+
+    image = grid_image((30, 32, 34), spacing=(1.0, 1.0, 2.0))
+    labels = np.zeros((30, 32, 34), np.uint8)
+    labels[3:8, 3:9, 3:10] = 1
+    labels[20:26, 18:25, 20:28] = 1
+    volume = load_volume(logic.scene, write(image, tmp_path / "t1.nrrd"))
+    node = logic.import_result(volume, write(on_grid(labels, image), tmp_path / "labels.nrrd"), LABELS[:1], show_3d=False)
+    matrix = geometry.ijk_to_ras(volume)
+    rng = np.random.default_rng(3)
+    for stroke in range(12):
+        centre = rng.integers(2, 28, 3)
+        radius = int(rng.integers(1, 4))
+        box = [(max(int(c) - radius, 0), min(int(c) + radius, n - 1)) for c, n in zip(centre, (30, 32, 34))]
+        painted = slicer.vtkOrientedImageData()
+        painted.SetExtent(box[2][0], box[2][1], box[1][0], box[1][1], box[0][0], box[0][1])
+        painted.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        geometry.image_array(painted)[:] = 1
+        painted.SetImageToWorldMatrix(geometry.numpy_to_matrix(matrix))
+        mode = logic.segmentations_logic.MODE_MERGE_MAX if stroke % 3 else logic.segmentations_logic.MODE_MERGE_MIN
+        if mode == logic.segmentations_logic.MODE_MERGE_MIN:  # erase: a block of zeros merged by minimum
+            geometry.image_array(painted)[:] = 0
+        logic.segmentations_logic.SetBinaryLabelmapToSegment(painted, node, "Segment_1", mode, painted.GetExtent())
+        table = logic.lesion_table(node)
+
+        current = logic.labelmap_array(node) > 0
+        components, count = ndimage.label(current, structure=np.ones((3, 3, 3)))
+        sizes = sorted(np.bincount(components.ravel())[1:].tolist(), reverse=True)
+        assert [lesion["voxels"] for lesion in table] == sizes, stroke
+        assert [lesion["id"] for lesion in table] == list(range(1, count + 1))
+        for lesion in table:
+            assert lesion["segment"] == "Lesion" and lesion["volume_ml"] == pytest.approx(lesion["voxels"] * 2.0 / 1000)
+        centroids = sorted(
+            tuple(np.round((np.argwhere(components == index)[:, ::-1] @ matrix[:3, :3].T + matrix[:3, 3]).mean(axis=0), 2))
+            for index in range(1, count + 1)
+        )
+        found = sorted(tuple(np.round(lesion["centroid_ras"], 2)) for lesion in table)
+        assert np.allclose(np.reshape(found, (-1, 3)), np.reshape(centroids, (-1, 3)), atol=0.02), stroke

@@ -24,8 +24,9 @@ QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 
 from conftest import make_model  # noqa: E402
-from SegmentLesionLib.ui import mrml  # noqa: E402
-from SegmentLesionLib.ui.panel import MODEL_FOLDERS_KEY, SegmentLesionPanel, prop  # noqa: E402
+from SegmentLesionLib.ui import geometry, mrml  # noqa: E402
+from SegmentLesionLib.ui.model_section import MODEL_FOLDERS_KEY  # noqa: E402
+from SegmentLesionLib.ui.panel import SegmentLesionPanel, prop  # noqa: E402
 
 UI_FILE = Path(__file__).resolve().parent.parent / "SegmentLesion" / "Resources" / "UI" / "SegmentLesion.ui"
 
@@ -55,7 +56,11 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):  # noqa: N801 (Slicer's class name
 
 
 class ctkCollapsibleButton(QtWidgets.QWidget):  # noqa: N801
-    pass
+    contentsCollapsed = QtCore.Signal(bool)
+
+    def setCollapsed(self, collapsed):  # noqa: N802
+        self.setProperty("collapsed", collapsed)
+        self.contentsCollapsed.emit(collapsed)
 
 
 class ctkSliderWidget(QtWidgets.QDoubleSpinBox):  # noqa: N801
@@ -147,7 +152,7 @@ def logic():
 def make_panel(app, logic, model_3d, tmp_path):
     panels = []
 
-    def build(default_model_dir=model_3d):
+    def build(default_model_dir=model_3d, needs_packages=None):
         ui = load_ui(logic.scene)
         dialogs = Dialogs()
         settings = QtCore.QSettings(str(tmp_path / f"settings{len(panels)}.ini"), QtCore.QSettings.IniFormat)
@@ -160,6 +165,7 @@ def make_panel(app, logic, model_3d, tmp_path):
             choose_folder=lambda title: "",
             settings=settings,
             default_model_dir=default_model_dir,
+            needs_packages=needs_packages,
             registry=tmp_path / f"registry{len(panels)}",
         )
         panel.dialogs = dialogs
@@ -196,6 +202,29 @@ def threshold_with_lesions(model_dir, image) -> float:
 
     probability = sitk.GetArrayFromImage(Segmenter(model_dir, "cpu").segment(image).probability)
     return float(np.clip(np.floor(np.percentile(probability, 97) * 20) / 20, 0.05, 0.95))
+
+
+def expected_lesions(labels, probability, ijk_to_ras):
+    """The lesion table worked out directly: scipy's 26-connected components, every voxel pair for the diameter."""
+    from scipy import ndimage
+    from scipy.spatial.distance import pdist
+
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel())[1:]
+    lesions = []
+    for number, index in enumerate(np.argsort(-sizes, kind="stable"), start=1):
+        kji = np.argwhere(components == index + 1)
+        ras = kji[:, ::-1] @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+        lesions.append(
+            {
+                "id": number,
+                "volume_ml": len(kji) * abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000,
+                "centroid_ras": ras.mean(axis=0).tolist(),
+                "max_diameter_mm": float(pdist(ras).max()) if len(ras) > 1 else 0.0,
+                "mean_probability": float(probability[components == index + 1].mean()),
+            }
+        )
+    return lesions
 
 
 def node_ids(scene):
@@ -242,8 +271,9 @@ def test_segment_fills_the_table_and_the_editor_follows(app, make_panel, logic, 
     assert prop(ui.segmentButton, "text") == "Segment"
 
     node = logic.result_for(volume)
-    assert node is not None and panel.segmentation_node is node
-    expected = logic.lesion_table(node)
+    assert node is not None and panel.lesions.segmentation_node is node
+    probability = geometry.image_array(logic.probability_node(node).GetImageData())
+    expected = expected_lesions(logic.labelmap_array(node), probability, geometry.ijk_to_ras(volume))
     assert len(expected) > 0 and ui.lesionTable.rowCount() == len(expected)
     for row, lesion in enumerate(expected):
         cells = [ui.lesionTable.item(row, column).text() for column in range(4)]
@@ -258,16 +288,16 @@ def test_segment_fills_the_table_and_the_editor_follows(app, make_panel, logic, 
     assert logic.settings(node)["threshold"] == pytest.approx(prop(ui.thresholdSliderWidget, "value"))
 
     # Clicking a row centres the slice views on that lesion.
-    panel.on_lesion_clicked(0)
+    panel.lesions.on_lesion_clicked(0)
     ui.lesionTable.cellClicked.emit(len(expected) - 1, 0)
-    assert np.allclose(mrml.matrix_to_numpy(red.GetSliceToRAS())[:3, 3], expected[-1]["centroid_ras"], atol=1e-6)
+    assert np.allclose(geometry.matrix_to_numpy(red.GetSliceToRAS())[:3, 3], expected[-1]["centroid_ras"], atol=1e-3)
 
     # Erasing every voxel (as the Segment Editor would) empties the table after the debounce.
     empty = slicer.vtkOrientedImageData()
     empty.SetExtent(volume.GetImageData().GetExtent())
     empty.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    mrml.image_array(empty)[:] = 0
-    empty.SetImageToWorldMatrix(mrml.numpy_to_matrix(mrml.ijk_to_ras(volume)))
+    geometry.image_array(empty)[:] = 0
+    empty.SetImageToWorldMatrix(geometry.numpy_to_matrix(geometry.ijk_to_ras(volume)))
     logic.segmentations_logic.SetBinaryLabelmapToSegment(
         empty, node, "Segment_1", logic.segmentations_logic.MODE_REPLACE, empty.GetExtent()
     )
@@ -295,7 +325,7 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
     panel = make_panel()
     spec = load_spec(panel.default_model_dir)
     node = logic.import_result(volume, tmp_path / "labels.nrrd", spec.labels, model=spec.summary(), show_3d=False)
-    panel.show_result(node)
+    panel.lesions.show_result(node)
     ui = panel.ui
     assert ui.exportButton.isEnabled() and prop(ui.caseIdLineEdit, "text").startswith("case_")
     dataset = tmp_path / "dataset"
@@ -318,11 +348,11 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
     panel.dialogs.messages.clear()
     assert ui.retrainButton.isEnabled()
     click(app, ui.retrainButton)
-    assert panel.dialogs.messages == [] and panel.training is not None and panel.training.running
-    assert "--dataset" in panel.training.command and str(dataset) in panel.training.command
+    assert panel.dialogs.messages == [] and panel.retrain.training is not None and panel.retrain.training.running
+    assert "--dataset" in panel.retrain.training.command and str(dataset) in panel.retrain.training.command
     assert prop(ui.retrainButton, "text") == "Stop training"
     click(app, ui.retrainButton)
-    run_until(app, lambda: panel.training is None, timeout=30)
+    run_until(app, lambda: panel.retrain.training is None, timeout=30)
     assert prop(ui.retrainButton, "text") == "Retrain model on dataset"
     assert "stopped" in prop(ui.retrainStatusLabel, "text").lower()
     assert ui.modelComboBox.count() == 1, "a stopped run adds no model"
@@ -331,7 +361,7 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
 @pytest.mark.slow  # a training run and five more background processes (about 1.5 min on 2 shared cores)
 def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, blob_model, tmp_path):
     from SegmentLesionLib.learning.registry import Registry
-    from SegmentLesionLib.ui.panel import EVALUATION_FOLDER_KEY, NOT_HELD_OUT_NOTE
+    from SegmentLesionLib.ui.promotion_section import EVALUATION_FOLDER_KEY, NOT_HELD_OUT_NOTE
     from test_evaluation import write_blob_dataset
 
     train = write_blob_dataset(tmp_path / "Dataset001_Train", seeds=(21, 22))
@@ -347,13 +377,13 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     assert prop(ui.evaluationNoteLabel, "text") == "" and panel.settings.value(EVALUATION_FOLDER_KEY) == str(held_out)
     assert not ui.promoteButton.isEnabled()
 
-    panel.train_options = {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1, "augment": False, "threads": 1}
+    panel.retrain.train_options = {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1, "augment": False, "threads": 1}
     click(app, ui.retrainButton)
-    assert panel.training is not None
-    run_until(app, lambda: panel.training is None and panel.comparing is None, timeout=300)
+    assert panel.retrain.training is not None
+    run_until(app, lambda: panel.retrain.training is None and panel.promotion.job is None, timeout=300)
     assert panel.dialogs.messages == [], panel.dialogs.messages
     text = prop(ui.comparisonLabel, "text")
-    registry = Registry(panel.registry_path)
+    registry = Registry(panel.promotion.registry_path)
     # The empty registry got the model it was trained from as the active version, then the new one.
     assert [entry["id"] for entry in registry.entries()] == ["v1", "v2"] and registry.active()["id"] == "v1"
     expected = registry.compare("v2", held_out, "cpu")  # both evaluations are cached: the panel's numbers
@@ -367,23 +397,25 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     assert "Dataset002_Eval" in text and NOT_HELD_OUT_NOTE not in text
     assert expected["at_least_as_good"] and ui.promoteButton.isEnabled()
 
-    click(app, ui.promoteButton)
+    click(app, ui.promoteButton)  # a background process: Slicer's UI thread does not evaluate
+    assert panel.promotion.busy and not ui.promoteButton.isEnabled()
+    run_until(app, lambda: not panel.promotion.busy, timeout=300)
     assert panel.dialogs.messages == []
     assert registry.active()["id"] == "v2" and registry.history()[-1]["event"] == "promote"
-    assert panel.candidate_dir.parent == train / "models" and panel.model_folder() == str(panel.candidate_dir)
+    assert panel.promotion.candidate_dir.parent == train / "models" and panel.model_folder() == str(panel.promotion.candidate_dir)
     assert "Promoted: v2" in prop(ui.comparisonLabel, "text") and not ui.promoteButton.isEnabled()
 
     # Against a registry whose active model finds the blobs, the same new model scores lower: no Promote, and why.
-    panel.registry_path = tmp_path / "registry_blob"
-    Registry(panel.registry_path).add(blob_model)
-    panel.compare_with_active(panel.candidate_dir)
-    run_until(app, lambda: panel.comparing is None, timeout=300)
+    panel.promotion.registry_path = tmp_path / "registry_blob"
+    Registry(panel.promotion.registry_path).add(blob_model)
+    panel.compare_with_active(panel.promotion.candidate_dir)
+    run_until(app, lambda: panel.promotion.job is None, timeout=300)
     assert panel.dialogs.messages == []
-    worse = Registry(panel.registry_path).compare("v2", held_out, "cpu")
+    worse = Registry(panel.promotion.registry_path).compare("v2", held_out, "cpu")
     assert not worse["at_least_as_good"] and worse["active"]["dice"] > worse["candidate"]["dice"]
     text = prop(ui.comparisonLabel, "text")
     assert "Not offered for promotion" in text and f"({worse['active']['dice']:.3f})" in text
-    assert not ui.promoteButton.isEnabled() and Registry(panel.registry_path).active()["id"] == "v1"
+    assert not ui.promoteButton.isEnabled() and Registry(panel.promotion.registry_path).active()["id"] == "v1"
 
 
 def test_retrain_needs_an_exported_dataset(app, make_panel, tmp_path):
@@ -391,7 +423,7 @@ def test_retrain_needs_an_exported_dataset(app, make_panel, tmp_path):
     panel.ui.datasetPathLineEdit.setCurrentPath(str(tmp_path / "empty"))
     click(app, panel.ui.retrainButton)
     assert panel.dialogs.messages == ["Retraining could not start.\n\nExport at least one case to a dataset folder first."]
-    assert panel.training is None
+    assert panel.retrain.training is None
 
 
 def test_cancel_restores_the_button_and_leaves_the_scene(app, make_panel, logic, tmp_path):
@@ -421,7 +453,7 @@ def test_errors_show_one_message_each(app, make_panel, logic, tmp_path):
     assert panel.dialogs.messages == ["Segmentation could not start.\n\nSelect an input volume first."]
 
     panel.dialogs.messages.clear()
-    panel.add_model_folder(str(tmp_path))  # not a model folder
+    panel.models.add_model_folder(str(tmp_path))  # not a model folder
     assert len(panel.dialogs.messages) == 1 and "metadata.json: missing" in panel.dialogs.messages[0]
     assert panel.settings.value(MODEL_FOLDERS_KEY, "[]") == "[]"
 
@@ -432,7 +464,7 @@ def test_a_failing_model_shows_one_message(app, make_panel, logic, tmp_path):
     volume, _ = add_volume(logic.scene, tmp_path, "other")
     panel = make_panel()
     ui = panel.ui
-    panel.add_model_folder(str(broken))
+    panel.models.add_model_folder(str(broken))
     assert panel.model_folder() == str(broken.resolve()) and panel.dialogs.messages == []
     ui.inputSelector.setCurrentNode(volume)
     before = node_ids(logic.scene)
@@ -511,6 +543,39 @@ def test_dependency_check_finds_what_is_missing_and_pins_what_is_kept():
     assert not {"numpy", "SimpleITK", "vtk", "torch"} & {requirement.split(">")[0] for requirement in dependencies.REQUIREMENTS}
 
 
+def test_the_torch_check_reads_package_metadata_and_does_not_import_torch():
+    import subprocess
+    import sys
+
+    from SegmentLesionLib.ui import dependencies
+
+    assert dependencies.torch_ready("1.0") and not dependencies.torch_ready("999")
+    code = "import sys; from SegmentLesionLib.ui import dependencies; assert dependencies.torch_ready(); print('torch' in sys.modules)"
+    environment = {**os.environ, "PYTHONPATH": str(MODULE_DIR)}
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True).stdout.strip() == "False"
+    )
+
+
+def test_export_checks_the_packages_too(app, make_panel, logic, tmp_path):
+    """A result restored with a scene reaches Export without a Segment click: the check runs there as well."""
+    volume, _ = add_volume(logic.scene, tmp_path, "reopened")
+    labels = np.zeros((20, 24, 28), np.uint8)
+    labels[5:9, 6:10, 7:12] = 1
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(sitk.ReadImage(str(tmp_path / "reopened.nrrd")))
+    sitk.WriteImage(label_image, str(tmp_path / "reopened_labels.nrrd"))
+    from SegmentLesionLib.models.spec import LabelInfo
+
+    node = logic.import_result(volume, tmp_path / "reopened_labels.nrrd", [LabelInfo(1, "lesion", [1, 0, 0])], show_3d=False)
+    checks = []
+    panel = make_panel(needs_packages=lambda: checks.append("check") or False)  # the user declines the install
+    panel.set_segmentation(node)
+    panel.ui.datasetPathLineEdit.setCurrentPath(str(tmp_path / "dataset"))
+    click(app, panel.ui.exportButton)
+    assert checks == ["check"] and not (tmp_path / "dataset").exists() and panel.dialogs.messages == []
+
+
 def test_a_restored_result_is_shown_and_other_nodes_are_not(app, make_panel, logic, tmp_path):
     """The parameter node hands back the result under review after a scene reload: table and editor follow it."""
     volume, image = add_volume(logic.scene, tmp_path, "restored")
@@ -529,3 +594,79 @@ def test_a_restored_result_is_shown_and_other_nodes_are_not(app, make_panel, log
     assert [panel.ui.lesionTable.item(row, 1).text() for row in range(2)] == [f"{125 * 1.8 / 1000:.3f}", f"{8 * 1.8 / 1000:.3f}"]
     panel.set_segmentation(logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "someone else's"))
     assert panel.ui.lesionTable.rowCount() == 0 and prop(panel.ui.lesionSummaryLabel, "text") == "No segmentation yet."
+
+
+def test_a_worker_killed_mid_request_shows_one_message_and_the_next_click_starts_a_new_one(app, make_panel, logic, tmp_path):
+    import signal
+
+    volume, _ = add_volume(logic.scene, tmp_path, "killed", shape=(96, 96, 96))
+    panel = make_panel()
+    ui = panel.ui
+    ui.inputSelector.setCurrentNode(volume)
+    before = node_ids(logic.scene)
+    click(app, ui.segmentButton)
+    assert panel.running
+    worker = logic.worker.client.process
+    os.kill(worker.pid, signal.SIGKILL)  # as the out-of-memory killer would, during the request
+    run_until(app, lambda: not panel.running, timeout=60)
+    for _ in range(10):  # nothing else arrives for the dead worker
+        panel.poll()
+        time.sleep(0.02)
+    assert len(panel.dialogs.messages) == 1, panel.dialogs.messages
+    assert panel.dialogs.messages[0].startswith("Segmentation failed.\n\n") and "the next Segment starts a new" in panel.dialogs.messages[0]
+    assert prop(ui.segmentButton, "text") == "Segment" and ui.inputSelector.isEnabled()
+    assert node_ids(logic.scene) == before and logic.result_for(volume) is None
+
+    click(app, ui.segmentButton)  # a new worker serves the next click
+    assert panel.running and logic.worker.client.process.pid != worker.pid
+    click(app, ui.segmentButton)
+    run_until(app, lambda: not logic.worker.busy)
+    assert len(panel.dialogs.messages) == 1
+
+
+def test_restoring_the_model_keeps_the_saved_device(app, make_panel, model_3d):
+    """As the module widget does: the combo boxes write to the parameter node, which is then restored."""
+    panel = make_panel()
+    saved = {"modelFolder": str(model_3d), "device": "cpu"}
+
+    def write_back(*_):
+        saved["modelFolder"], saved["device"] = panel.model_folder(), panel.device()
+
+    panel.ui.modelComboBox.currentIndexChanged.connect(write_back)
+    panel.ui.deviceComboBox.currentIndexChanged.connect(write_back)
+    folder, device = saved["modelFolder"], saved["device"]
+    panel.select_model(folder)
+    panel.select_device(device)
+    assert panel.model_folder() == folder and panel.device() == "cpu" and saved == {"modelFolder": folder, "device": "cpu"}
+
+
+def test_the_table_waits_while_its_section_is_closed(app, make_panel, logic, tmp_path):
+    volume, _ = add_volume(logic.scene, tmp_path, "folded")
+    labels = np.zeros((20, 24, 28), np.uint8)
+    labels[2:4, 3:5, 4:6] = 1
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(sitk.ReadImage(str(tmp_path / "folded.nrrd")))
+    sitk.WriteImage(label_image, str(tmp_path / "folded_labels.nrrd"))
+    from SegmentLesionLib.models.spec import LabelInfo
+
+    node = logic.import_result(volume, tmp_path / "folded_labels.nrrd", [LabelInfo(1, "lesion", [1, 0, 0])], show_3d=False)
+    panel = make_panel()
+    panel.set_segmentation(node)
+    assert panel.ui.lesionTable.rowCount() == 1
+    panel.ui.lesionsCollapsibleButton.setCollapsed(True)
+    painted = slicer.vtkOrientedImageData()
+    painted.SetExtent(volume.GetImageData().GetExtent())
+    painted.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    geometry.image_array(painted)[:] = 0
+    geometry.image_array(painted)[15, 15, 15] = 1
+    painted.SetImageToWorldMatrix(geometry.numpy_to_matrix(geometry.ijk_to_ras(volume)))
+    logic.segmentations_logic.SetBinaryLabelmapToSegment(
+        painted, node, "Segment_1", logic.segmentations_logic.MODE_MERGE_MAX, painted.GetExtent()
+    )
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # past the debounce: a closed section is not refreshed
+        app.processEvents()
+        time.sleep(0.02)
+    assert panel.lesions.stale and panel.ui.lesionTable.rowCount() == 1
+    panel.ui.lesionsCollapsibleButton.setCollapsed(False)
+    assert not panel.lesions.stale and panel.ui.lesionTable.rowCount() == 2

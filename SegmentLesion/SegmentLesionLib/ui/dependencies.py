@@ -54,6 +54,16 @@ def missing_requirements(requirements: Iterable[str] = REQUIREMENTS) -> list[str
     return missing
 
 
+def torch_ready(minimum: str = MINIMUM_TORCH) -> bool:
+    """True when torch >= ``minimum`` is installed, read from package metadata: torch itself is not imported.
+
+    Importing torch (what the PyTorch extension's ``torchInstalled()`` does) would load it into Slicer's own
+    process, where the module never runs it: inference and training run in separate processes.
+    """
+    version = installed_version("torch")
+    return version is not None and _version_tuple(version) >= _version_tuple(minimum)
+
+
 def constraints(keep: Iterable[str] = KEEP) -> str:
     """A pip constraints file's text pinning the installed versions of ``keep`` (those not installed are left out)."""
     lines = []

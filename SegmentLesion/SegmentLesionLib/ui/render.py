@@ -247,7 +247,8 @@ def render_demo_slice(
     from ..errors import InputError
     from ..io.files import file_extension
     from ..models.spec import DEFAULT_COLORS, LabelInfo
-    from .mrml import LesionSegmentationLogic, image_array
+    from .geometry import image_array
+    from .mrml import LesionSegmentationLogic
 
     scene = slicer.vtkMRMLScene()
     logic = LesionSegmentationLogic(scene)
