@@ -523,7 +523,11 @@ def test_cmake_lists_every_python_file_and_resource():
     missing = [name for name in python_files if name not in listed]
     assert not missing, f"add to SegmentLesion/CMakeLists.txt (MODULE_PYTHON_SCRIPTS): {missing}"
     assert "SegmentLesion.py" in listed
-    for resource in ("Resources/Icons/SegmentLesion.png", "Resources/UI/SegmentLesion.ui"):
+    for resource in (
+        "Resources/Icons/SegmentLesion.png",
+        "Resources/UI/SegmentLesion.ui",
+        "Resources/Terminologies/SegmentationCategoryTypeModifier-SegmentLesion.json",
+    ):
         assert resource in listed and (MODULE_DIR / resource).is_file()
     assert "Resources/Models/*" in cmake and "Resources/SampleData/*" in cmake
     top = (MODULE_DIR.parent / "CMakeLists.txt").read_text(encoding="utf-8")
