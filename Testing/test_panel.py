@@ -355,8 +355,8 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     text = prop(ui.comparisonLabel, "text")
     registry = Registry(panel.registry_path)
     # The empty registry got the model it was trained from as the active version, then the new one.
-    assert [entry["id"] for entry in registry.entries()] == ["v1", "v2"] and registry.active()["id"] == "v1"
-    expected = registry.compare("v2", held_out, "cpu")  # both evaluations are cached: the panel's numbers
+    assert [entry.id for entry in registry.entries()] == ["v1", "v2"] and registry.active().id == "v1"
+    expected = registry.compare("v2", held_out, "cpu").to_json()  # both evaluations are cached: the panel's numbers
     assert expected["candidate"]["mean"]["dice"] is not None and expected["active"]["dice"] == 0.0
     old_line = next(line for line in text.splitlines() if line.startswith("Old (v1"))
     new_line = next(line for line in text.splitlines() if line.startswith("New (v2"))
@@ -369,7 +369,7 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
 
     click(app, ui.promoteButton)
     assert panel.dialogs.messages == []
-    assert registry.active()["id"] == "v2" and registry.history()[-1]["event"] == "promote"
+    assert registry.active().id == "v2" and registry.history()[-1].event == "promote"
     assert panel.candidate_dir.parent == train / "models" and panel.model_folder() == str(panel.candidate_dir)
     assert "Promoted: v2" in prop(ui.comparisonLabel, "text") and not ui.promoteButton.isEnabled()
 
@@ -379,11 +379,11 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     panel.compare_with_active(panel.candidate_dir)
     run_until(app, lambda: panel.comparing is None, timeout=300)
     assert panel.dialogs.messages == []
-    worse = Registry(panel.registry_path).compare("v2", held_out, "cpu")
+    worse = Registry(panel.registry_path).compare("v2", held_out, "cpu").to_json()
     assert not worse["at_least_as_good"] and worse["active"]["dice"] > worse["candidate"]["dice"]
     text = prop(ui.comparisonLabel, "text")
     assert "Not offered for promotion" in text and f"({worse['active']['dice']:.3f})" in text
-    assert not ui.promoteButton.isEnabled() and Registry(panel.registry_path).active()["id"] == "v1"
+    assert not ui.promoteButton.isEnabled() and Registry(panel.registry_path).active().id == "v1"
 
 
 def test_retrain_needs_an_exported_dataset(app, make_panel, tmp_path):

@@ -718,7 +718,7 @@ class SegmentLesionPanel:
             decision = Registry(self.registry_path).promote(candidate, self._compare_dataset, device=self.device())
             self.ui.promoteButton.setEnabled(False)
             text = prop(self.ui.comparisonLabel, "text")
-            if decision["promoted"]:
+            if decision.promoted:
                 folder = self.candidate_dir
                 if folder is None or not folder.is_dir():  # the training output was moved: use the registry's copy
                     folder = Registry(self.registry_path).model_dir(candidate)
@@ -726,7 +726,7 @@ class SegmentLesionPanel:
                 self.on_model_changed()
                 self.ui.comparisonLabel.setText(f"{text}\nPromoted: {candidate} is now the active model and the selected one.")
             else:
-                self.ui.comparisonLabel.setText(f"{text}\nNot promoted: {decision['message']}.")
+                self.ui.comparisonLabel.setText(f"{text}\nNot promoted: {decision.message}.")
 
     # ------------------------------------------------------------------ life cycle
     def cleanup(self) -> None:
