@@ -385,8 +385,8 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     text = prop(ui.comparisonLabel, "text")
     registry = Registry(panel.promotion.registry_path)
     # The empty registry got the model it was trained from as the active version, then the new one.
-    assert [entry["id"] for entry in registry.entries()] == ["v1", "v2"] and registry.active()["id"] == "v1"
-    expected = registry.compare("v2", held_out, "cpu")  # both evaluations are cached: the panel's numbers
+    assert [entry.id for entry in registry.entries()] == ["v1", "v2"] and registry.active().id == "v1"
+    expected = registry.compare("v2", held_out, "cpu").to_json()  # both evaluations are cached: the panel's numbers
     assert expected["candidate"]["mean"]["dice"] is not None and expected["active"]["dice"] == 0.0
     old_line = next(line for line in text.splitlines() if line.startswith("Old (v1"))
     new_line = next(line for line in text.splitlines() if line.startswith("New (v2"))
@@ -401,7 +401,7 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     assert panel.promotion.busy and not ui.promoteButton.isEnabled()
     run_until(app, lambda: not panel.promotion.busy, timeout=300)
     assert panel.dialogs.messages == []
-    assert registry.active()["id"] == "v2" and registry.history()[-1]["event"] == "promote"
+    assert registry.active().id == "v2" and registry.history()[-1].event == "promote"
     assert panel.promotion.candidate_dir.parent == train / "models" and panel.model_folder() == str(panel.promotion.candidate_dir)
     assert "Promoted: v2" in prop(ui.comparisonLabel, "text") and not ui.promoteButton.isEnabled()
 
@@ -411,11 +411,11 @@ def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, 
     panel.compare_with_active(panel.promotion.candidate_dir)
     run_until(app, lambda: panel.promotion.job is None, timeout=300)
     assert panel.dialogs.messages == []
-    worse = Registry(panel.promotion.registry_path).compare("v2", held_out, "cpu")
+    worse = Registry(panel.promotion.registry_path).compare("v2", held_out, "cpu").to_json()
     assert not worse["at_least_as_good"] and worse["active"]["dice"] > worse["candidate"]["dice"]
     text = prop(ui.comparisonLabel, "text")
     assert "Not offered for promotion" in text and f"({worse['active']['dice']:.3f})" in text
-    assert not ui.promoteButton.isEnabled() and Registry(panel.promotion.registry_path).active()["id"] == "v1"
+    assert not ui.promoteButton.isEnabled() and Registry(panel.promotion.registry_path).active().id == "v1"
 
 
 def test_retrain_needs_an_exported_dataset(app, make_panel, tmp_path):
