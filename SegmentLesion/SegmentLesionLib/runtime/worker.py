@@ -164,12 +164,11 @@ def _report_path(request: dict[str, Any]) -> Path:
 
 
 def _write_outputs(result: Any, request: dict[str, Any], segmenter: Any) -> None:
-    from ..io.files import write_json
     from ..io.volume import write_image
     from ..io.writers import write_labelmap
 
     write_labelmap(result.labelmap, request["output"], segmenter.spec.labels)
-    write_json(result.report, _report_path(request))
+    result.report.write(_report_path(request))
     if request.get("probability"):
         write_image(result.probability, request["probability"])
 
