@@ -95,6 +95,7 @@ class ModelSpec:
     activation: str = "softmax"  # "softmax" (channel 0 = background) or "sigmoid" (one channel per label)
     orientation: str | None = "RAS"  # axis codes of the network's input array, as MONAI's Orientationd
     spacing: list[float] | None = None  # target spacing in mm along the network's axes; None = native
+    # engine/intensity.py: new models use {"mode": "zscore", "foreground": "head"}; older ones keep what they were trained with.
     intensity: dict[str, Any] = field(default_factory=lambda: {"mode": "zscore"})
     patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
     overlap: float = 0.25
