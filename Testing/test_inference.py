@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import SimpleITK as sitk
-from conftest import blob_volume, make_volume, oblique_direction
+from conftest import blob_volume, make_model, make_volume, oblique_direction
+from SegmentLesionLib.engine import preprocess
 from SegmentLesionLib.engine.inference import Segmenter, SegmentOptions, count_window_batches, resolve_device
 from SegmentLesionLib.engine.metrics import dice
 from SegmentLesionLib.errors import Cancelled, InputError
+from SegmentLesionLib.io.writers import LesionReport
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +40,12 @@ def test_3d_network_finds_the_blobs(blob_segmenter):
     _assert_same_grid(result.labelmap, image)
     _assert_same_grid(result.probability, image)
     assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
-    assert result.report["input"]["size"] == list(image.GetSize())
-    assert result.report["model"]["name"] == "BlobTestModel" and len(result.report["model"]["sha256"]) == 64
-    assert len(result.lesions) == len(result.report["lesions"]) >= 1
-    assert all(0.5 <= lesion["mean_probability"] <= 1.0 for lesion in result.lesions)
+    report = result.report.to_json()  # the *.lesions.json object
+    assert report["input"]["size"] == list(image.GetSize())
+    assert report["model"]["name"] == "BlobTestModel" and len(report["model"]["sha256"]) == 64
+    assert len(result.lesions) == len(report["lesions"]) >= 1
+    assert all(0.5 <= lesion.mean_probability <= 1.0 for lesion in result.lesions)
+    assert LesionReport.from_json(json.loads(json.dumps(report))) == result.report
 
 
 @pytest.mark.parametrize(
@@ -113,7 +119,7 @@ def test_test_time_augmentation_runs_every_flip(blob_segmenter):
     result = blob_segmenter.segment(image, SegmentOptions(tta=True), progress=lambda *args: calls.append(args))
     plain = count_window_batches(tuple(reversed(image.GetSize())), (32, 32, 32), 0.25, 2)
     assert [c for c in calls if c[2] == "inference"][-1][1] == 4 * plain
-    assert result.report["settings"]["tta"] is True
+    assert result.report.settings["tta"] is True
     assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
 
 
@@ -130,7 +136,7 @@ def test_options_override_the_model(blob_segmenter):
 def test_constant_volume_gives_no_lesion(blob_segmenter, value):
     image = sitk.Image(30, 30, 30, sitk.sitkFloat32) + value
     result = blob_segmenter.segment(image)
-    assert result.lesions == [] and result.report["total_volume_ml"] == 0
+    assert result.lesions == [] and result.report.total_volume_ml == 0
 
 
 def test_device_choice():
@@ -141,3 +147,60 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.fixture(scope="module")
+def spaced_segmenter(tmp_path_factory):
+    """A model that works at 1.5 mm, as the bundled one does."""
+    return Segmenter(make_model(tmp_path_factory.mktemp("models") / "spaced", spacing=[1.5, 1.5, 1.5]), "cpu")
+
+
+def test_resource_guard_reads_only_the_header(spaced_segmenter, tmp_path):
+    """A header saying 50 mm voxels: refused from the header, before the voxels are read (here they do not exist)."""
+    header = tmp_path / "spacing50.mhd"
+    header.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 20 30 30\nElementSpacing = 50 50 50\n"
+        "ElementType = MET_FLOAT\nElementDataFile = missing.raw\n"
+    )
+    with pytest.raises(InputError) as info:
+        spaced_segmenter.segment_file(header)
+    message = str(info.value)
+    assert "667 million voxels (667x1000x1000 at 1.5 mm)" in message and "GB of memory" in message
+    assert "check the spacing: the header says 50 mm voxels" in message and "\n" not in message
+
+
+def test_resource_guard_in_memory_too(spaced_segmenter):
+    image = sitk.Image(20, 30, 30, sitk.sitkFloat32)
+    image.SetSpacing((50.0, 50.0, 50.0))
+    with pytest.raises(InputError, match="check the spacing"):
+        spaced_segmenter.segment(image)
+
+
+def test_resource_guard_hint_for_a_plausible_but_huge_volume(spaced_segmenter):
+    grid = preprocess.Grid((4000, 4000, 4000), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(InputError, match="more than the limit of .* for an input; crop the volume"):
+        spaced_segmenter.check_resources(grid)
+
+
+def test_voxel_limit_from_the_model_and_raised_by_the_options(blob_model, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "limited"
+    shutil.copytree(blob_model, folder)
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    metadata["segment_lesion"]["max_voxels"] = 20_000  # the input (63,360 voxels) may hold 4x as many
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    segmenter = Segmenter(folder, "cpu")
+    image, truth = blob_volume()
+    with pytest.raises(InputError, match="the model grid would hold 63,360 voxels .* more than the limit of 20,000; crop"):
+        segmenter.segment(image)
+    result = segmenter.segment(image, SegmentOptions(max_voxels=10**6))
+    assert dice(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(truth)) > 0.8
+
+
+def test_model_grid_from_a_header_matches_the_image(blob_model):
+    image = make_volume(direction=oblique_direction(20))
+    from_image = preprocess.model_grid(image, "RAS", [1.5, 1.5, 1.5])
+    from_grid = preprocess.model_grid(preprocess.Grid.of(image), "RAS", [1.5, 1.5, 1.5])
+    assert from_image == from_grid

@@ -110,6 +110,33 @@ def test_label_count_must_match_outputs(tmp_path):
         load_spec(folder)
 
 
+def test_models_without_new_settings_still_load(tmp_path):
+    """Folders written before ``max_voxels`` and the head normalisation existed (the bundled model among them)."""
+    from SegmentLesionLib.models.spec import default_model_dir
+
+    bundled = load_spec(default_model_dir())
+    assert bundled.max_voxels is None and bundled.intensity["clip_percentiles"] == [0.5, 99.5]
+    folder = make_model(tmp_path / "m", intensity={"mode": "zscore", "foreground": "head"}, max_voxels=5_000_000)
+    spec = load_spec(folder)
+    assert spec.intensity == {"mode": "zscore", "foreground": "head"} and spec.max_voxels == 5_000_000
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda block: block.update(intensity={"mode": "zscore", "foreground": "brain"}), "intensity foreground"),
+        (lambda block: block.update(max_voxels=-5), "max_voxels"),
+        (lambda block: block.update(max_voxels="lots"), "max_voxels"),
+    ],
+    ids=["foreground", "negative-limit", "text-limit"],
+)
+def test_bad_new_settings_refused(tmp_path, change, message):
+    folder = make_model(tmp_path / "m")
+    _edit_json(folder / "configs" / "metadata.json", lambda d: change(d["segment_lesion"]))
+    with pytest.raises(ModelError, match=message):
+        load_spec(folder)
+
+
 def _model_zoo_bundle(folder, network_def, transforms):
     """A bundle laid out as the MONAI Model Zoo does (spleen_ct_segmentation style), with random weights."""
     (folder / "configs").mkdir(parents=True)

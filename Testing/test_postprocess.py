@@ -83,3 +83,22 @@ def test_empty_probability_gives_no_lesion():
     found = find_lesions(np.zeros((5, 6, 7), np.float32), (1, 1, 1))
     assert found.count == 0 and not found.labelmap.any()
     assert lesion_table(found.components, 0, np.eye(4)) == []
+
+
+def test_lesion_report_record_round_trips_the_json_shape():
+    import json
+
+    from SegmentLesionLib.engine.postprocess import measure_lesions
+    from SegmentLesionLib.io.writers import Lesion, LesionReport
+
+    probability = np.zeros((6, 6, 6), np.float32)
+    probability[1:3, 1:3, 1:3] = 0.75
+    found = find_lesions(probability, (1, 1, 1))
+    lesions = measure_lesions(found.components, found.count, np.eye(4), probability)
+    assert lesions == [Lesion(1, 8, 0.008, [1.5, 1.5, 1.5], lesions[0].max_diameter_mm, 0.75)]
+    report = LesionReport(lesions, {"name": "m", "version": "1"}, [6, 6, 6], [1.0, 1.0, 1.0], {"threshold": 0.5})
+    data = json.loads(json.dumps(report.to_json()))
+    assert list(data) == ["lesions", "total_volume_ml", "model", "input", "settings"]
+    assert set(data["lesions"][0]) == {"id", "voxels", "volume_ml", "centroid_ras", "max_diameter_mm", "mean_probability"}
+    assert data["total_volume_ml"] == 0.008 and data["input"] == {"size": [6, 6, 6], "spacing": [1.0, 1.0, 1.0]}
+    assert LesionReport.from_json(data) == report

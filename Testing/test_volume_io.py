@@ -164,3 +164,73 @@ def test_same_geometry_detects_differences():
     b = make_volume(origin=(10.0, -20.0, 30.5))
     assert same_geometry(a, make_volume(seed=3))
     assert not same_geometry(a, b)
+
+
+@pytest.mark.parametrize("size", [(1, 1, 1), (7, 1, 1)], ids=["1x1x1", "7x1x1"])
+def test_a_point_or_a_line_is_not_called_a_2d_image(tmp_path, size):
+    path = tmp_path / "tiny.nii.gz"
+    sitk.WriteImage(sitk.Image(list(size), sitk.sitkFloat32), str(path))
+    _expect_error(path, f"{'x'.join(map(str, size))} voxels: not a 3D volume")
+
+
+def test_empty_folder_refused_without_itk_output(tmp_path, capfd):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    _expect_error(folder, "is empty")
+    (folder / "notes.txt").write_text("hello")
+    _expect_error(folder, "no DICOM series")
+    captured = capfd.readouterr()  # ITK prints straight to the process's stderr, below Python
+    assert "WARNING" not in captured.err and "No Series" not in captured.err
+
+
+@pytest.mark.parametrize("fill", [-3e38, 3e38, np.nan], ids=["-3e38", "3e38", "nan"])
+def test_no_usable_voxel_refused(tmp_path, fill):
+    path = tmp_path / "nodata.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), fill, np.float32)), str(path))
+    _expect_error(path, "no voxel holds a usable intensity")
+
+
+def test_huge_values_replaced_like_nan(tmp_path, caplog):
+    array = np.full((6, 6, 6), 50.0, np.float32)
+    array[0] = -3e38  # a "no data" fill
+    array[1, 1, 1] = 7.0
+    path = tmp_path / "fill.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    loaded = sitk.GetArrayFromImage(read_volume(path))
+    assert (loaded[0] == 7.0).all() and loaded[2:].min() == 50.0
+    assert caplog.text.count("non-finite voxels") == 1
+
+
+def test_float64_beyond_float32_replaced_before_the_cast(tmp_path):
+    array = np.full((4, 4, 4), 10.0)
+    array[0, 0, 0] = 1e300  # would become inf in float32
+    path = tmp_path / "double.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    loaded = sitk.GetArrayFromImage(read_volume(path))
+    assert loaded.dtype == np.float32 and np.isfinite(loaded).all() and loaded[0, 0, 0] == 10.0
+
+
+def test_header_read_without_voxels(tmp_path):
+    from SegmentLesionLib.io.volume import read_header
+
+    path = tmp_path / "only_header.mhd"
+    path.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 20 30 40\nElementSpacing = 0.5 0.5 2\nElementType = MET_SHORT\nElementDataFile = absent.raw\n"
+    )
+    header = read_header(path)
+    assert header.size == (20, 30, 40) and header.spacing == (0.5, 0.5, 2.0) and header.voxels == 24000
+    assert read_header(tmp_path) is None  # a DICOM folder: its files are read instead
+
+
+def test_preview_png_written_by_simpleitk(tmp_path):
+    from SegmentLesionLib.io.preview import overlay_preview
+
+    image = make_volume(shape_kji=(8, 20, 30), spacing=(1.0, 2.0, 1.0))
+    labels = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    labels.CopyInformation(image)
+    labels[10:15, 4:8, 3] = 1
+    path = overlay_preview(image, labels, tmp_path / "preview.png", scale=2)
+    png = sitk.ReadImage(str(path))
+    assert png.GetNumberOfComponentsPerPixel() == 3 and png.GetSize() == (60, 80)  # rows doubled again: 2 mm
+    rgb = sitk.GetArrayFromImage(png)
+    assert (rgb[..., 0].astype(int) - rgb[..., 1] > 60).any()  # red lesion overlay

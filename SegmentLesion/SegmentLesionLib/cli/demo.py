@@ -51,18 +51,18 @@ def run_demo(output: Path, model_dir: str | None = None, device: str = "auto") -
     seconds = time.perf_counter() - start
     output.mkdir(parents=True, exist_ok=True)
     seg_path = write_labelmap(result.labelmap, output / "SampleBrainLesion.seg.nrrd", spec.labels)
-    write_json(result.report, report_path(seg_path))
+    result.report.write(report_path(seg_path))
     truth = read_labelmap(SAMPLE_TRUTH)
     metrics = case_metrics(
         sitk.GetArrayViewFromImage(result.labelmap) > 0, sitk.GetArrayViewFromImage(truth) > 0, tuple(reversed(image.GetSpacing()))
     )
     write_json({"case": SAMPLE_IMAGE.name, "model": spec.summary(), "metrics": metrics}, output / "SampleBrainLesion.metrics.json")
     preview = overlay_preview(image, result.labelmap, output / "SampleBrainLesion_preview.png", truth=truth)
-    print(f"segmented in {seconds:.1f} s: {len(result.lesions)} lesion(s), {result.report['total_volume_ml']:.2f} mL")
+    print(f"segmented in {seconds:.1f} s: {len(result.lesions)} lesion(s), {result.report.total_volume_ml:.2f} mL")
     for lesion in result.lesions:
         print(
-            f"  lesion {lesion['id']}: {lesion['volume_ml']:.3f} mL, longest diameter {lesion['max_diameter_mm']:.1f} mm, "
-            f"mean probability {lesion['mean_probability']:.2f}"
+            f"  lesion {lesion.id}: {lesion.volume_ml:.3f} mL, longest diameter {lesion.max_diameter_mm:.1f} mm, "
+            f"mean probability {lesion.mean_probability:.2f}"
         )
     print(
         f"against the true mask: Dice {metrics['dice']:.3f}, lesions found {metrics['lesions_found']}/{metrics['lesions_true']}, "

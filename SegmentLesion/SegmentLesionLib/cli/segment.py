@@ -20,6 +20,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=float, dest="min_lesion_mm3", help="minimum lesion size in mm^3 (default: the model's)")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep cavities inside lesions")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, smoother)")
+    parser.add_argument("--max-voxels", type=int, metavar="N", help="largest model grid to run (default: the model's, else 2^28 voxels)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +88,6 @@ def plan_outputs(cases: list[Path], output: str, fmt: str) -> list[Path]:
 def run_segment(args: argparse.Namespace) -> int:
     """``segment``: every case is checked and every output planned before any work starts."""
     from ..engine.inference import Segmenter, SegmentOptions
-    from ..io.files import write_json
     from ..io.writers import check_output_path, report_path, write_labelmap
 
     cases = expand_inputs(args.inputs)
@@ -98,14 +98,14 @@ def run_segment(args: argparse.Namespace) -> int:
             if path.exists() and not args.overwrite:
                 raise InputError(f"{path}: already exists (use --overwrite to replace it)")
     segmenter = Segmenter(args.model, args.device)
-    options = SegmentOptions(args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta)
+    options = SegmentOptions(args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels)
     failures = 0
     for index, (case, output) in enumerate(zip(cases, outputs)):
         prefix = f"[{index + 1}/{len(cases)}] {case.name}"
         try:
             result = segmenter.segment_file(case, options, console_progress(prefix))
             write_labelmap(result.labelmap, output, segmenter.spec.labels, overwrite=args.overwrite)
-            write_json(result.report, report_path(output), overwrite=True)
+            result.report.write(report_path(output), overwrite=True)
             if args.probability:
                 from ..io.files import file_stem
                 from ..io.volume import write_image
@@ -119,10 +119,11 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             continue
         end_progress_line()
-        volume = result.report["total_volume_ml"]
+        volume = result.report.total_volume_ml
         print(f"{case}: {len(result.lesions)} lesion(s), {volume:.2f} mL -> {output}")
     if failures:
-        print(f"error: {failures} of {len(cases)} input(s) failed", file=sys.stderr)
+        if len(cases) > 1:  # one input: its own error line says it all
+            print(f"error: {failures} of {len(cases)} input(s) failed", file=sys.stderr)
         return EXIT_ERROR
     return 0
 

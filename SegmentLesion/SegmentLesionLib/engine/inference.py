@@ -13,17 +13,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from ..errors import Cancelled, InputError
-from ..io.volume import ijk_to_ras_matrix, read_volume
+from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unusable_values
+from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
-from . import postprocess, preprocess
+from . import postprocess, preprocess, resources
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -57,6 +58,7 @@ class SegmentOptions:
     min_lesion_mm3: float | None = None
     fill_holes: bool | None = None
     tta: bool = False
+    max_voxels: int | None = None  # the model grid's voxel limit (None: the model's ``max_voxels``, else the default)
 
 
 @dataclass
@@ -66,9 +68,13 @@ class SegmentationResult:
     labelmap: sitk.Image  # uint8 class labels
     probability: sitk.Image  # float32 foreground probability
     components: np.ndarray  # lesion id per voxel (k, j, i)
-    lesions: list[dict[str, Any]]
-    report: dict[str, Any]
+    report: LesionReport  # what ``<stem>.lesions.json`` holds
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def lesions(self) -> list[Lesion]:
+        """The lesions of the report, largest first."""
+        return self.report.lesions
 
 
 class _ProgressNetwork(torch.nn.Module):
@@ -119,11 +125,6 @@ class Segmenter:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
 
-    @property
-    def spec_summary(self) -> dict[str, Any]:
-        """Model name, version and weights sha256 for reports."""
-        return self.spec.summary()
-
     def segment_file(
         self,
         path: str | os.PathLike,
@@ -131,8 +132,30 @@ class Segmenter:
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
     ) -> SegmentationResult:
-        """Read a volume file (or DICOM folder) and segment it."""
-        return self.segment(read_volume(path), options, progress, cancel)
+        """Read a volume file (or DICOM folder) and segment it; the resource guard runs on its header first.
+
+        Raises:
+            InputError: unreadable or unusable volume, or one whose model grid is beyond the limit.
+        """
+        options = options or SegmentOptions()
+        header = read_header(path)
+        if header is not None:  # a file: refuse from its header alone, before reading the voxels
+            self.check_resources(preprocess.Grid(header.size, header.spacing, header.origin, header.direction), options, str(path))
+        return self.segment(read_volume(path), options, progress, cancel, name=str(path))
+
+    def check_resources(self, source: preprocess.Grid, options: SegmentOptions | None = None, name: str = "volume") -> None:
+        """Refuse a volume whose model grid is beyond the voxel limit or this machine's memory (before allocating).
+
+        The limit is ``options.max_voxels``, else the model's ``max_voxels``, else ``resources.DEFAULT_MAX_VOXELS``.
+
+        Raises:
+            InputError: with the voxel count, the grid, the memory it needs and a hint.
+        """
+        options = options or SegmentOptions()
+        spec = self.spec
+        value_bytes = 2 if self.device.type == "cuda" else 4  # CUDA runs under float16 autocast
+        estimate = resources.estimate_model_grid(source, spec.orientation, spec.spacing, spec.out_channels, value_bytes, options.tta)
+        resources.check_resources(source, estimate, options.max_voxels or spec.max_voxels, name)
 
     def segment(
         self,
@@ -140,10 +163,12 @@ class Segmenter:
         options: SegmentOptions | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        name: str = "volume",
     ) -> SegmentationResult:
         """Segment a 3D volume; every output is on ``image``'s grid.
 
         Raises:
+            InputError: no usable voxel, or a model grid beyond the limit (see ``check_resources``).
             Cancelled: ``cancel()`` returned True between two window batches.
         """
         options = options or SegmentOptions()
@@ -151,6 +176,8 @@ class Segmenter:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         reference = preprocess.Grid.of(image)
+        self.check_resources(reference, options, name)
+        image = replace_unusable_values(image, name)
         grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
         model_image = preprocess.to_model_grid(image, grid, exact)
         data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
@@ -167,6 +194,22 @@ class Segmenter:
         start = time.perf_counter()
         if progress is not None:
             progress(1, 1, "post-processing")
+        result = self._postprocess(fg_xyz, classes_xyz, grid, reference, exact, options)
+        timings["postprocess_s"] = time.perf_counter() - start
+        result.timings = timings
+        return result
+
+    def _postprocess(
+        self,
+        fg_xyz: np.ndarray,
+        classes_xyz: np.ndarray | None,
+        grid: preprocess.Grid,
+        reference: preprocess.Grid,
+        exact: bool,
+        options: SegmentOptions,
+    ) -> SegmentationResult:
+        """Probabilities back on the input's grid, then lesions and their report."""
+        spec = self.spec
         probability = self._to_reference(preprocess.image_from_xyz(fg_xyz, grid), reference, exact, sitk.sitkLinear)
         classes = None
         if classes_xyz is not None:
@@ -186,23 +229,21 @@ class Segmenter:
             label_value=spec.labels[0].value,
         )
         labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
-        ijk_to_ras = ijk_to_ras_matrix(labelmap)
-        lesions = postprocess.lesion_table(found.components, found.count, ijk_to_ras, prob_array, found.labelmap)
-        timings["postprocess_s"] = time.perf_counter() - start
-        report = {
-            "lesions": lesions,
-            "total_volume_ml": round(sum(lesion["volume_ml"] for lesion in lesions), 6),
-            "model": {**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
-            "input": {"size": list(reference.size), "spacing": [round(v, 6) for v in reference.spacing]},
-            "settings": {
+        lesions = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(labelmap), prob_array, found.labelmap)
+        report = LesionReport(
+            lesions=lesions,
+            model={**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
+            input_size=list(reference.size),
+            input_spacing=[round(v, 6) for v in reference.spacing],
+            settings={
                 "threshold": threshold,
                 "min_lesion_mm3": min_mm3,
                 "fill_holes": fill,
                 "tta": options.tta,
                 "device": str(self.device),
             },
-        }
-        return SegmentationResult(labelmap, probability, found.components, lesions, report, timings)
+        )
+        return SegmentationResult(labelmap, probability, found.components, report)
 
     @staticmethod
     def _to_reference(image: sitk.Image, reference: preprocess.Grid, exact: bool, interpolator: int) -> sitk.Image:

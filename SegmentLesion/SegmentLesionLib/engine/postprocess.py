@@ -14,6 +14,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
+from ..io.writers import Lesion
 from .regions import bounding_box, full_connectivity, label_components
 
 
@@ -95,14 +96,16 @@ def max_diameter_mm(points_mm: np.ndarray) -> float:
     return float(pdist(candidates).max())
 
 
-def lesion_table(
+def measure_lesions(
     components: np.ndarray,
     count: int,
     ijk_to_ras: np.ndarray,
     probability: np.ndarray | None = None,
     labelmap: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """One entry per lesion: id, label, voxels, volume (mL), centroid (RAS mm), longest diameter (mm), mean probability.
+) -> list[Lesion]:
+    """One record per lesion: id, voxels, volume (mL), centroid (RAS mm), longest diameter (mm), mean probability.
+
+    Measures are computed in float64 (a mean over millions of float32 probabilities stays exact).
 
     Args:
         components: lesion id per voxel, (k, j, i).
@@ -113,30 +116,55 @@ def lesion_table(
     """
     if count == 0:
         return []
+    ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
     voxel_ml = abs(float(np.linalg.det(ijk_to_ras[:3, :3]))) / 1000.0
     lesions = []
     for index, box in enumerate(ndimage.find_objects(components, max_label=count)):
-        lesion_id = index + 1
         if box is None:
             continue
-        local = components[box] == lesion_id
-        kji = np.argwhere(local) + np.array([s.start for s in box])
-        ijk = kji[:, ::-1].astype(float)
-        ras = ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
-        # Surface voxels are enough for the diameter; interior points never lie on the hull.
-        surface = local & ~ndimage.binary_erosion(local, structure=full_connectivity())
-        surface_ras = (np.argwhere(surface) + np.array([s.start for s in box]))[:, ::-1].astype(float)
-        surface_ras = surface_ras @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
-        entry: dict[str, Any] = {
-            "id": lesion_id,
-            "voxels": int(len(ijk)),
-            "volume_ml": round(len(ijk) * voxel_ml, 6),
-            "centroid_ras": [round(float(v), 3) for v in ras.mean(axis=0)],
-            "max_diameter_mm": round(max_diameter_mm(surface_ras if len(surface_ras) else ras), 3),
-            "mean_probability": None if probability is None else round(float(probability[box][local].mean()), 4),
-        }
-        if labelmap is not None:
-            values = labelmap[box][local]
-            entry["label"] = int(np.bincount(values).argmax()) if values.size else 0
-        lesions.append(entry)
+        lesions.append(_measure(index + 1, box, components, ijk_to_ras, voxel_ml, probability, labelmap))
     return lesions
+
+
+def _measure(
+    lesion_id: int,
+    box: tuple[slice, ...],
+    components: np.ndarray,
+    ijk_to_ras: np.ndarray,
+    voxel_ml: float,
+    probability: np.ndarray | None,
+    labelmap: np.ndarray | None,
+) -> Lesion:
+    local = components[box] == lesion_id
+    offset = np.array([s.start for s in box])
+    ras = (np.argwhere(local) + offset)[:, ::-1].astype(np.float64) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    # Surface voxels are enough for the diameter; interior points never lie on the hull.
+    surface = local & ~ndimage.binary_erosion(local, structure=full_connectivity())
+    surface_ras = (np.argwhere(surface) + offset)[:, ::-1].astype(np.float64) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    label = None
+    if labelmap is not None:
+        values = labelmap[box][local]
+        label = int(np.bincount(values).argmax()) if values.size else 0
+    mean_probability = None
+    if probability is not None:
+        mean_probability = round(float(np.mean(probability[box][local], dtype=np.float64)), 4)
+    return Lesion(
+        id=lesion_id,
+        voxels=int(len(ras)),
+        volume_ml=round(len(ras) * voxel_ml, 6),
+        centroid_ras=[round(float(v), 3) for v in ras.mean(axis=0)],
+        max_diameter_mm=round(max_diameter_mm(surface_ras if len(surface_ras) else ras), 3),
+        mean_probability=mean_probability,
+        label=label,
+    )
+
+
+def lesion_table(
+    components: np.ndarray,
+    count: int,
+    ijk_to_ras: np.ndarray,
+    probability: np.ndarray | None = None,
+    labelmap: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """``measure_lesions`` as the JSON rows of the report (``*.lesions.json`` entries), as the panel's table shows them."""
+    return [lesion.to_json() for lesion in measure_lesions(components, count, ijk_to_ras, probability, labelmap)]

@@ -13,14 +13,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-_AXIS_VECTORS = {
-    "L": (1.0, 0.0, 0.0),
-    "R": (-1.0, 0.0, 0.0),
-    "P": (0.0, 1.0, 0.0),
-    "A": (0.0, -1.0, 0.0),
-    "S": (0.0, 0.0, 1.0),
-    "I": (0.0, 0.0, -1.0),
-}
+from . import intensity
 
 
 @dataclass
@@ -58,30 +51,28 @@ class Grid:
             image.GetPixelID() if pixel is None else pixel,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict."""
-        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
-
 
 def orientation_direction(axcodes: str) -> np.ndarray:
-    """The 3x3 LPS direction matrix whose columns point along ``axcodes`` (e.g. "RAS")."""
-    code = axcodes.upper()
-    groups = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
-    if len(code) != 3 or any(c not in groups for c in code) or len({groups[c] for c in code}) != 3:
+    """The 3x3 LPS direction matrix whose columns point along ``axcodes`` (e.g. "RAS"), as ITK's orientation filter has it."""
+    code = str(axcodes).upper()
+    matrix = np.asarray(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code) if len(code) == 3 else (), dtype=np.float64)
+    if matrix.size != 9 or not matrix.any():  # ITK answers an invalid code with zeros
         raise ValueError(f"invalid orientation {axcodes!r}")
-    return np.array([_AXIS_VECTORS[c] for c in code], dtype=np.float64).T
+    return matrix.reshape(3, 3)
 
 
-def model_grid(image: sitk.Image, orientation: str | None, spacing: list[float] | None) -> tuple[Grid, bool]:
-    """The grid the network works on for ``image``, and whether reaching it needs interpolation.
+def model_grid(image: sitk.Image | Grid, orientation: str | None, spacing: list[float] | None) -> tuple[Grid, bool]:
+    """The grid the network works on for ``image`` (an image, or the grid of one read from a header alone),
+    and whether reaching it needs interpolation.
 
     The grid has the model's axis orientation and spacing and covers the whole input (an oblique input
     is covered by an axis-aligned box). When the input is already axis-aligned at the right spacing the
     grid is a pure permutation/flip of it, and no interpolation happens.
     """
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    in_spacing = np.asarray(image.GetSpacing())
-    size = np.asarray(image.GetSize())
+    source = image if isinstance(image, Grid) else Grid.of(image)
+    direction = np.asarray(source.direction, dtype=float).reshape(3, 3)
+    in_spacing = np.asarray(source.spacing, dtype=float)
+    size = np.asarray(source.size)
     target_direction = orientation_direction(orientation) if orientation else direction
     # Which input axis maps onto each target axis (for native spacing and the no-interpolation check).
     alignment = np.abs(target_direction.T @ direction)
@@ -90,7 +81,7 @@ def model_grid(image: sitk.Image, orientation: str | None, spacing: list[float] 
     target_spacing = np.asarray(spacing, dtype=float) if spacing else in_spacing[permutation]
     # Physical corners of the input's voxel box (voxel edges, not centres).
     corners = np.array([[a, b, c] for a in (-0.5, size[0] - 0.5) for b in (-0.5, size[1] - 0.5) for c in (-0.5, size[2] - 0.5)])
-    points = np.asarray(image.GetOrigin()) + (corners * in_spacing) @ direction.T
+    points = np.asarray(source.origin, dtype=float) + (corners * in_spacing) @ direction.T
     projected = points @ target_direction  # coordinates along the target axes
     low, high = projected.min(axis=0), projected.max(axis=0)
     new_size = np.maximum(np.round((high - low) / target_spacing - 1e-6).astype(int), 1)
@@ -101,7 +92,7 @@ def model_grid(image: sitk.Image, orientation: str | None, spacing: list[float] 
         corner = np.zeros(3)
         for target_axis, input_axis in enumerate(permutation):
             corner[input_axis] = 0 if signs[target_axis] > 0 else size[input_axis] - 1
-        origin = np.asarray(image.GetOrigin()) + direction @ (corner * in_spacing)
+        origin = np.asarray(source.origin, dtype=float) + direction @ (corner * in_spacing)
         new_size = size[permutation]
         target_spacing = in_spacing[permutation]
     else:
@@ -128,14 +119,9 @@ def to_model_grid(image: sitk.Image, grid: Grid, exact: bool, interpolator: int 
 
 
 def _axcodes(direction: tuple[float, ...]) -> str | None:
-    matrix = np.asarray(direction).reshape(3, 3)
-    codes = ""
-    for column in matrix.T:
-        match = [code for code, vector in _AXIS_VECTORS.items() if np.allclose(column, vector, atol=1e-6)]
-        if not match:
-            return None
-        codes += match[0]
-    return codes
+    """The axis codes of an axis-aligned direction matrix; None for an oblique one."""
+    codes = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(v) for v in direction])
+    return codes if np.allclose(orientation_direction(codes).ravel(), direction, atol=1e-6) else None
 
 
 def array_xyz(image: sitk.Image) -> np.ndarray:
@@ -149,53 +135,8 @@ def image_from_xyz(array: np.ndarray, grid: Grid) -> sitk.Image:
 
 
 def normalize_intensity(array: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """Intensity normalisation of the model's metadata, as float32.
+    """The model's intensity normalisation (``spec.intensity``) as float32; see ``engine.intensity`` for the modes.
 
-    Modes:
-        ``zscore``: optional clipping at ``clip_percentiles`` of the voxels, then (x - mean) / std, with the
-            statistics taken over ``nonzero`` voxels, or over the voxels above the mean (``foreground: "mean"``,
-            a crude head mask that makes MR statistics independent of how much air the field of view holds).
-        ``window``: CT window ``[a_min, a_max]`` scaled to ``range`` (default [0, 1]), clipped when ``clip``.
-        ``minmax``: scaled to [0, 1].
-        ``none``: unchanged.
+    Training and inference both call this function, so a model sees the same intensities in both.
     """
-    data = np.asarray(array, dtype=np.float32)
-    mode = settings.get("mode", "zscore")
-    if mode == "none":
-        return data.copy()
-    if mode == "window":
-        a_min, a_max = (float(v) for v in settings["window"])
-        b_min, b_max = (float(v) for v in settings.get("range", (0.0, 1.0)))
-        out = (data - a_min) / max(a_max - a_min, 1e-8) * (b_max - b_min) + b_min
-        if settings.get("clip", True):
-            np.clip(out, min(b_min, b_max), max(b_min, b_max), out=out)
-        return out.astype(np.float32, copy=False)
-    if mode == "minmax":
-        low, high = float(data.min()), float(data.max())
-        return ((data - low) / max(high - low, 1e-8)).astype(np.float32)
-    if mode != "zscore":
-        raise ValueError(f"unknown intensity mode {mode!r}")
-    out = data.copy()
-    clip = settings.get("clip_percentiles")
-    if clip:
-        low, high = np.percentile(_sample(out), [float(clip[0]), float(clip[1])])
-        np.clip(out, low, high, out=out)
-    if settings.get("nonzero"):
-        values = out[out != 0]
-    elif settings.get("foreground") == "mean":
-        values = out[out > out.mean()]
-    else:
-        values = out
-    if values.size == 0:
-        values = out
-    mean, std = float(values.mean()), float(values.std())
-    out -= mean
-    out /= std if std > 1e-8 else 1.0
-    return out
-
-
-def _sample(array: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
-    """A regular subsample of a large array: percentiles of millions of voxels cost seconds otherwise."""
-    flat = array.reshape(-1)
-    step = max(1, flat.size // limit)
-    return flat[::step]
+    return intensity.normalize_intensity(array, settings)

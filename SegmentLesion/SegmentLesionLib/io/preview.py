@@ -1,10 +1,8 @@
-"""A PNG preview of a segmentation: an axial slice with the lesions overlaid (numpy + zlib, no GUI)."""
+"""A PNG preview of a segmentation: an axial slice with the lesions overlaid (numpy + SimpleITK's PNG writer, no GUI)."""
 
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,11 @@ from .files import atomic_path
 
 
 def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) uint8 array as a PNG file (atomically)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    height, width = rgb.shape[:2]
-    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    """Write an (H, W, 3) uint8 array as a PNG file (atomically), with ITK's PNG writer."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb, dtype=np.uint8), isVector=True)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png)
+    with atomic_path(path) as tmp:  # the temporary name keeps the .png extension ITK picks the writer by
+        sitk.WriteImage(image, str(tmp))
     return path
 
 
@@ -41,7 +31,7 @@ def overlay_preview(
     labels = sitk.GetArrayViewFromImage(labelmap)
     counts = (labels > 0).sum(axis=(1, 2))
     k = int(counts.argmax()) if counts.max() > 0 else volume.shape[0] // 2
-    slice_ = volume[k].astype(np.float32)
+    slice_ = volume[k].astype(np.float64)
     low, high = np.percentile(slice_, [1, 99.5])
     grey = np.clip((slice_ - low) / max(high - low, 1e-6), 0, 1)
     rgb = np.repeat((grey * 255)[..., None], 3, axis=2)

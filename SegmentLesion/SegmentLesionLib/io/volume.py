@@ -7,11 +7,14 @@ No metadata from the input (DICOM tags, NIfTI descriptions) is ever copied to an
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,6 +26,39 @@ logger = logging.getLogger("SegmentLesion")
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
 LABELMAP_OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+# Beyond any scanner's intensity: float32 "no data" fills such as -3.4e38 are treated like NaN, since float32
+# arithmetic on them overflows.
+INTENSITY_LIMIT = 1e30
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What a volume file's header says, read without its voxels (ITK's LPS geometry)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+
+    @property
+    def voxels(self) -> int:
+        """The number of voxels the file holds."""
+        count = 1
+        for value in self.size:
+            count *= int(value)
+        return count
+
+
+@contextlib.contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Keep ITK's own warnings (printed straight to the terminal) quiet: our checks report the problem instead."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
 def dicom_series_files(folder: str | os.PathLike) -> list[Path]:
@@ -34,13 +70,17 @@ def dicom_series_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a DICOM series folder")
+    if not any(folder.iterdir()):
+        raise InputError(f"{folder}: the folder is empty (give a volume file or a DICOM series folder)")
     reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    with quiet_itk():
+        series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(f"{folder}: folder holds no DICOM series (give a volume file or a DICOM series folder)")
     if len(series_ids) > 1:
         raise InputError(f"{folder}: folder holds {len(series_ids)} DICOM series; give a folder with exactly one")
-    files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])]
+    with quiet_itk():
+        files = [Path(name) for name in reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])]
     if len(files) < 2:
         raise InputError(f"{folder}: the DICOM series has a single slice; a 3D volume is needed")
     return files
@@ -52,7 +92,8 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     # Tags are not loaded: nothing from the DICOM header can leak into an output.
     reader.MetaDataDictionaryArrayUpdateOff()
     reader.LoadPrivateTagsOff()
-    return reader.Execute()
+    with quiet_itk():
+        return reader.Execute()
 
 
 def _read_image(path: Path) -> sitk.Image:
@@ -62,13 +103,43 @@ def _read_image(path: Path) -> sitk.Image:
         if path.is_dir():
             return _read_dicom_series(path)
         check_complete(path)
-        return sitk.ReadImage(str(path))
+        with quiet_itk():
+            return sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as exc:
-        # SimpleITK's messages are long multi-line ITK traces: keep the first meaningful line.
-        detail = next((line.strip() for line in str(exc).splitlines() if "rror" in line or "not" in line), "")
-        raise InputError(f"{path}: cannot be read as an image (corrupt or unsupported format){': ' + detail if detail else ''}") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: RuntimeError) -> InputError:
+    # SimpleITK's messages are long multi-line ITK traces: keep the first meaningful line.
+    detail = next((line.strip() for line in str(exc).splitlines() if "rror" in line or "not" in line), "")
+    return InputError(f"{path}: cannot be read as an image (corrupt or unsupported format){': ' + detail if detail else ''}")
+
+
+def read_header(path: str | os.PathLike) -> VolumeHeader | None:
+    """The header of a volume file, without reading its voxels; None for a DICOM folder (its files are read).
+
+    Raises:
+        InputError: missing or unreadable file, or a header that is not a 3D scalar volume.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return None
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(path, exc) from exc
+    size = tuple(int(v) for v in reader.GetSize())
+    _check_shape(len(size), size, reader.GetNumberOfComponents(), str(path))
+    return VolumeHeader(
+        size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()), reader.GetNumberOfComponents()
+    )
 
 
 def check_complete(path: Path) -> None:
@@ -101,42 +172,74 @@ def check_complete(path: Path) -> None:
 
 def check_3d_scalar(image: sitk.Image, name: str) -> None:
     """Raise InputError unless ``image`` is a 3D single-component volume of at least 2 voxels along each axis."""
-    dim = image.GetDimension()
-    if dim == 2 or (dim == 3 and min(image.GetSize()) < 2):
-        raise InputError(f"{name}: is a 2D image (size {list(image.GetSize())}); a 3D volume is needed")
+    _check_shape(image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel(), name)
+
+
+def _check_shape(dim: int, size: tuple[int, ...], components: int, name: str) -> None:
+    voxels = "x".join(str(v) for v in size)
+    extended = sum(1 for v in size if v >= 2)  # axes along which the image has more than one voxel
+    if dim == 2 or (dim == 3 and extended == 2):
+        raise InputError(f"{name}: is a 2D image (size {list(size)}); a 3D volume is needed")
+    if dim == 3 and extended < 2:
+        raise InputError(f"{name}: {voxels} voxels: not a 3D volume (at least 2 voxels along each axis are needed)")
     if dim == 4:
-        raise InputError(f"{name}: is a 4D image (size {list(image.GetSize())}); give a single 3D volume")
+        raise InputError(f"{name}: is a 4D image (size {list(size)}); give a single 3D volume")
     if dim != 3:
         raise InputError(f"{name}: has {dim} dimensions; a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    if components != 1:
         raise InputError(
-            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); "
-            "a single-component (grey-level) volume is needed"
+            f"{name}: has {components} components per voxel (colour or vector image); a single-component (grey-level) volume is needed"
         )
+
+
+def usable_mask(values: np.ndarray) -> np.ndarray:
+    """True where a voxel holds an intensity: finite and of plausible magnitude (below ``INTENSITY_LIMIT``)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) < INTENSITY_LIMIT)
+
+
+def replace_unusable_values(image: sitk.Image, name: str) -> sitk.Image:
+    """``image`` with NaN, infinite and huge voxels replaced by the lowest usable value, with one warning.
+
+    Raises:
+        InputError: no voxel holds a usable value (e.g. -3e38 or NaN everywhere): there is nothing to segment.
+    """
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(array.dtype, np.floating):
+        return image  # integer voxels are always usable
+    usable = usable_mask(array)
+    if usable.all():
+        return image
+    bad = int(array.size - np.count_nonzero(usable))
+    if not usable.any():
+        raise InputError(
+            f"{name}: no voxel holds a usable intensity (every voxel is NaN, infinite or beyond +-{INTENSITY_LIMIT:g}, "
+            f"e.g. {float(array.flat[0]):g}): nothing to segment"
+        )
+    fill = array[usable].min()
+    logger.warning("%s: %d non-finite voxels (NaN/Inf or beyond +-%g) replaced by %g", name, bad, INTENSITY_LIMIT, fill)
+    fixed = np.where(usable, array, fill).astype(array.dtype)
+    return copy_geometry(sitk.GetImageFromArray(fixed), image)
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D scalar volume (NIfTI, NRRD, MetaImage or a DICOM series folder) as float32.
 
-    Non-finite voxels (NaN, Inf) are replaced by the lowest finite value, with a warning.
+    Non-finite voxels (NaN, Inf) and huge ones (beyond ``INTENSITY_LIMIT``) are replaced by the lowest usable
+    value, with a warning.
 
     Raises:
-        InputError: missing or unreadable file, 2D, 4D or multi-component image, unclear DICOM folder.
+        InputError: missing or unreadable file, 2D, 4D or multi-component image, unclear DICOM folder, no usable
+            voxel at all.
     """
     path = Path(path)
     if file_extension(path) == ".seg.nrrd":
         raise InputError(f"{path}: is a segmentation, not an image volume")
     image = _read_image(path)
     check_3d_scalar(image, str(path))
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    array = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(array.size - np.count_nonzero(finite))
-        fill = float(array[finite].min()) if finite.any() else 0.0
-        logger.warning("%s: %d non-finite voxels (NaN/Inf) replaced by %g", path, bad, fill)
-        fixed = np.where(finite, array, np.float32(fill)).astype(np.float32)
-        image = copy_geometry(sitk.GetImageFromArray(fixed), image)
+    if image.GetPixelID() == sitk.sitkFloat64:
+        image = replace_unusable_values(image, str(path))  # before the cast: float64 values beyond float32 become inf
+    image = replace_unusable_values(sitk.Cast(image, sitk.sitkFloat32), str(path))
     return strip_metadata(image)
 
 
@@ -233,6 +336,6 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool
 def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """Write an image atomically (temporary name, then rename), with compression and no metadata."""
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp, quiet_itk():
         sitk.WriteImage(strip_metadata(image), str(tmp), useCompression=True)
     return path

@@ -3,18 +3,102 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
 from ..models.spec import LabelInfo
-from .files import atomic_path, file_extension, file_stem
+from .files import atomic_path, file_extension, file_stem, write_json
 from .volume import LABELMAP_OUTPUT_EXTENSIONS, ijk_to_lps_matrix, write_image
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+
+
+@dataclass
+class Lesion:
+    """One lesion of a report: a connected component of the labelmap, measured on the input's grid."""
+
+    id: int
+    voxels: int
+    volume_ml: float
+    centroid_ras: list[float]  # mm, Slicer's RAS world coordinates
+    max_diameter_mm: float
+    mean_probability: float | None  # None when no probability map was measured
+    label: int | None = None  # the (majority) class label, for multi-class models; not written when None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``lesions`` entry of ``*.lesions.json``."""
+        entry: dict[str, Any] = {
+            "id": self.id,
+            "voxels": self.voxels,
+            "volume_ml": self.volume_ml,
+            "centroid_ras": list(self.centroid_ras),
+            "max_diameter_mm": self.max_diameter_mm,
+            "mean_probability": self.mean_probability,
+        }
+        if self.label is not None:
+            entry["label"] = self.label
+        return entry
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Lesion:
+        """Read a ``lesions`` entry back."""
+        probability = data.get("mean_probability")
+        return cls(
+            id=int(data["id"]),
+            voxels=int(data["voxels"]),
+            volume_ml=float(data["volume_ml"]),
+            centroid_ras=[float(v) for v in data["centroid_ras"]],
+            max_diameter_mm=float(data["max_diameter_mm"]),
+            mean_probability=None if probability is None else float(probability),
+            label=None if data.get("label") is None else int(data["label"]),
+        )
+
+
+@dataclass
+class LesionReport:
+    """The lesion report ``<stem>.lesions.json`` (design.md): lesions, total volume, model, input and settings."""
+
+    lesions: list[Lesion]
+    model: dict[str, Any]  # name, version, sha256, folder, labels
+    input_size: list[int]
+    input_spacing: list[float]
+    settings: dict[str, Any] = field(default_factory=dict)  # threshold, min_lesion_mm3, fill_holes, tta, device
+
+    @property
+    def total_volume_ml(self) -> float:
+        """The volume of all lesions together."""
+        return round(sum(lesion.volume_ml for lesion in self.lesions), 6)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``*.lesions.json``."""
+        return {
+            "lesions": [lesion.to_json() for lesion in self.lesions],
+            "total_volume_ml": self.total_volume_ml,
+            "model": dict(self.model),
+            "input": {"size": list(self.input_size), "spacing": list(self.input_spacing)},
+            "settings": dict(self.settings),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LesionReport:
+        """Read a report back (the total volume is recomputed from the lesions)."""
+        source = data.get("input", {})
+        return cls(
+            lesions=[Lesion.from_json(entry) for entry in data.get("lesions", [])],
+            model=dict(data.get("model", {})),
+            input_size=[int(v) for v in source.get("size", [])],
+            input_spacing=[float(v) for v in source.get("spacing", [])],
+            settings=dict(data.get("settings", {})),
+        )
+
+    def write(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write the report atomically."""
+        return write_json(self.to_json(), path, overwrite=overwrite)
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

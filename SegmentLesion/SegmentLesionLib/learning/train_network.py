@@ -131,7 +131,8 @@ def scratch_spec(dataset: Dataset, settings: TrainSettings, patch: list[int]) ->
         out_channels=len(labels) + 1,
         orientation=orientation,
         spacing=spacing,
-        intensity={"mode": "zscore", "clip_percentiles": [0.5, 99.5], "foreground": "mean"},
+        # Statistics of the head only, no clipping in its upper tail: a small bright lesion keeps its contrast.
+        intensity={"mode": "zscore", "foreground": "head"},
         patch_size=list(patch),
         modality=dataset.modality,
         description=f"Trained from scratch on dataset {dataset.name}.",

@@ -95,6 +95,7 @@ class ModelSpec:
     activation: str = "softmax"  # "softmax" (channel 0 = background) or "sigmoid" (one channel per label)
     orientation: str | None = "RAS"  # axis codes of the network's input array, as MONAI's Orientationd
     spacing: list[float] | None = None  # target spacing in mm along the network's axes; None = native
+    # engine/intensity.py: new models use {"mode": "zscore", "foreground": "head"}; older ones keep what they were trained with.
     intensity: dict[str, Any] = field(default_factory=lambda: {"mode": "zscore"})
     patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
     overlap: float = 0.25
@@ -102,6 +103,7 @@ class ModelSpec:
     threshold: float = 0.5
     min_lesion_mm3: float = 10.0
     fill_holes: bool = True
+    max_voxels: int | None = None  # the model grid's voxel limit (None: the engine's default, 2^28)
     modality: str = "MR"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -262,6 +264,10 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: spacing must have 3 values (mm) or be null")
     if spec.intensity.get("mode") not in ("zscore", "window", "minmax", "none"):
         raise ModelError(f"{where}: intensity mode must be one of zscore, window, minmax, none")
+    if spec.intensity.get("foreground") not in (None, "mean", "head"):
+        raise ModelError(f"{where}: intensity foreground must be 'head' (a head mask) or 'mean' (voxels above the mean)")
+    if spec.max_voxels is not None and (isinstance(spec.max_voxels, bool) or not isinstance(spec.max_voxels, int) or spec.max_voxels < 1):
+        raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
 
 
 def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], network_def: dict[str, Any], folder: Path) -> ModelSpec:

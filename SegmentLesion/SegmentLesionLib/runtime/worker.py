@@ -174,13 +174,12 @@ class WorkerServer:
 
 def _write_outputs(result: Any, request: SegmentRequest, segmenter: Any) -> Path:
     """Write the labelmap, the lesion report and (when asked) the probability map; returns the report's path."""
-    from ..io.files import write_json
     from ..io.volume import write_image
     from ..io.writers import report_path, write_labelmap
 
     report = Path(request.report) if request.report else report_path(request.output)
     write_labelmap(result.labelmap, request.output, segmenter.spec.labels)
-    write_json(result.report, report)
+    result.report.write(report)
     if request.probability:
         write_image(result.probability, request.probability)
     return report

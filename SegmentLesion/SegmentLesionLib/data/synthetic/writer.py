@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import SimpleITK as sitk
 
-from ...io.files import atomic_path, write_json
+from ...io.files import atomic_path
+from .. import layout
 from .insertion import generate_case
 from .lesions import POLARITIES
 
@@ -84,27 +85,22 @@ def write_image(image: sitk.Image, path: Path) -> None:
 
 
 def write_nnunet_dataset(root: Path, cases: Iterable[tuple[str, sitk.Image, sitk.Image]], extra: dict[str, Any]) -> Path:
-    """Write ``(case_id, image, label)`` in the nnU-Net v2 raw layout; ``dataset.json`` last (with ``extra`` fields).
+    """Write ``(case_id, image, label)`` in the nnU-Net v2 raw layout (``data.layout``); ``dataset.json`` last.
 
-    The one place that knows the layout here, so that it can be switched to the project's dataset writer.
+    Args:
+        root: the dataset folder.
+        cases: the cases, written as they come.
+        extra: ``name``, ``description`` and further keys of ``dataset.json`` (after the standard ones).
     """
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
     training = []
     for case_id, image, label in cases:
-        image_rel, label_rel = f"imagesTr/{case_id}_0000.nii.gz", f"labelsTr/{case_id}.nii.gz"
-        write_image(storage_image(image), root / image_rel)
-        write_image(label, root / label_rel)
-        training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
-    dataset = {
-        **extra,
-        "channel_names": {"0": "MR"},
-        "labels": {"background": 0, "lesion": 1},
-        "numTraining": len(training),
-        "file_ending": ".nii.gz",
-        "training": training,
-    }
-    write_json(dataset, root / "dataset.json")
+        write_image(storage_image(image), root / layout.image_path(case_id))
+        write_image(label, root / layout.label_path(case_id))
+        training.append(layout.training_entry(case_id))
+    extra = dict(extra)
+    name, description = extra.pop("name"), extra.pop("description", "")
+    data = layout.dataset_json(name, {"0": "MR"}, {"background": 0, "lesion": 1}, training, description, **extra)
+    layout.write_dataset_json(root, data)
     return root
 
 
