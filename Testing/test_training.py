@@ -271,7 +271,7 @@ def test_train_from_scratch_end_to_end(
     assert t["minutes"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t["date"])
     assert str(tmp_path) not in json.dumps(t)  # the folder name only, no path
     assert TrainingSummary.from_json(t).to_json() == t  # the typed record reads back what it wrote
-    assert spec.spacing == [1.0, 1.0, 1.5] and spec.intensity == {"mode": "zscore", "clip_percentiles": [0.5, 99.5], "foreground": "mean"}
+    assert spec.spacing == [1.0, 1.0, 1.5] and spec.intensity == {"mode": "zscore", "foreground": "head"}
     assert spec.network_def["channels"] == [4, 8, 16] and spec.patch_size == [16, 16, 16] and spec.orientation == "RAS"
     assert 0.0 <= spec.metrics["dice"] <= 1.0 and spec.metrics["mean"]["cases"] == 1 and spec.metrics["epoch"] == t["best_epoch"]
     assert spec.weights_sha256 == load_spec(out).weights_sha256
