@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,16 @@ import SimpleITK as sitk
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import data_sources  # noqa: E402  (Testing/ is on sys.path under pytest's rootdir conftest)
+
+
+def run_cli(*args, check_exit: int | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line (``python -m SegmentLesionLib ARGS``) in a new process: the one CLI runner of the tests."""
+    result = subprocess.run(
+        [sys.executable, "-m", "SegmentLesionLib", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr
+    return result
 
 
 def tiny_network_def(spatial_dims: int = 3, out_channels: int = 2) -> dict:
@@ -60,14 +73,20 @@ def model_2d(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("models") / "unet2d", spatial_dims=2)
 
 
-def make_volume(shape_kji=(24, 28, 32), spacing=(1.0, 1.2, 1.5), origin=(10.0, -20.0, 30.0), direction=None, seed=0) -> sitk.Image:
-    """A float32 volume with a bright blob, on a chosen grid."""
+def make_volume(
+    shape_kji=(24, 28, 32), spacing=(1.0, 1.2, 1.5), origin=(10.0, -20.0, 30.0), direction=None, seed=0, blob: bool = True
+) -> sitk.Image:
+    """A float32 noise volume (mean 100, sd 10) on a chosen grid, with a bright central blob unless ``blob`` is False.
+
+    The one volume factory of the tests (``shape_kji`` in numpy order, the rest in SimpleITK's (x, y, z) order).
+    """
     rng = np.random.default_rng(seed)
     array = rng.normal(100, 10, shape_kji).astype(np.float32)
-    k, j, i = np.indices(shape_kji)
-    centre = np.array(shape_kji) / 2
-    blob = ((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2) < 25
-    array[blob] += 150
+    if blob:
+        k, j, i = np.indices(shape_kji)
+        centre = np.array(shape_kji) / 2
+        sphere = ((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2) < 25
+        array[sphere] += 150
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
@@ -87,11 +106,8 @@ def oblique_direction(degrees: float = 20.0) -> tuple:
 
 @pytest.fixture(scope="session")
 def lits_case(tmp_path_factory):
-    """The real LiTS case 117 crop (CT, liver + tumour labels), or skip when it cannot be fetched."""
-    try:
-        return data_sources.lits_case()
-    except data_sources.DataUnavailable as exc:
-        pytest.skip(str(exc))
+    """The real LiTS case 117 crop (CT, liver + tumour labels), fetched once (a failed fetch fails the test)."""
+    return data_sources.lits_case()
 
 
 def blob_case(rng: np.random.Generator, shape=(32, 32, 32), pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -255,3 +271,43 @@ def read_back(path: Path, series: Path) -> np.ndarray:
     seg = hd.seg.segread(str(path))
     uids = [str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in dicom_series_files(series)]
     return seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False, skip_overlap_checks=True)
+
+
+# ------------------------------------------------------------------ datasets
+BLOB_DATASET_SPACING = (1.0, 1.2, 1.5)  # (x, y, z) mm: anisotropic, so a spacing in the wrong axis order changes distances
+
+
+def write_blob_dataset(folder: Path, seeds=(11, 12, 13), corrupt: tuple[str, ...] = (), empty_label: tuple[str, ...] = ()) -> Path:
+    """An nnU-Net v2 raw dataset of bright-blob volumes (32^3, anisotropic spacing) with their exact masks.
+
+    Cases named in ``corrupt`` get an image file that is not an image; those in ``empty_label`` an empty label.
+    """
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    training = []
+    for seed in seeds:
+        case_id = f"blob_{seed:03d}"
+        image, label = blob_case(np.random.default_rng(seed), shape=(32, 32, 32))
+        if case_id in empty_label:
+            label[:] = 0
+        image_file = folder / "imagesTr" / f"{case_id}_0000.nii.gz"
+        label_file = folder / "labelsTr" / f"{case_id}.nii.gz"
+        for array, path in ((image, image_file), (label, label_file)):
+            volume = sitk.GetImageFromArray(array)
+            volume.SetSpacing(BLOB_DATASET_SPACING)
+            volume.SetOrigin((-5.0, 7.0, 3.0))
+            sitk.WriteImage(volume, str(path))
+        if case_id in corrupt:
+            image_file.write_bytes(b"this is not a NIfTI file")
+        training.append({"image": f"./imagesTr/{case_id}_0000.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+    meta = {
+        "name": folder.name,
+        "channel_names": {"0": "MR"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(training),
+        "file_ending": ".nii.gz",
+        "training": training,
+    }
+    # Written by hand, not by the project's writer: the tests read datasets the way nnU-Net users lay them out.
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return folder

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-from conftest import blob_volume, make_volume
+from conftest import blob_volume, make_volume, run_cli
 from SegmentLesionLib.engine.metrics import dice
-
-
-def run_cli(*args, check_exit=None):
-    result = subprocess.run([sys.executable, "-m", "SegmentLesionLib", *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check_exit is not None:
-        assert result.returncode == check_exit, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +43,18 @@ def test_segment_one_file_to_seg_nrrd(blob_model, blob_files, tmp_path):
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case).replace(".nii.gz", "_truth.nrrd")))
     assert dice(segmentation["voxels"].transpose(2, 1, 0), truth) > 0.8
     report = json.loads((tmp_path / "out" / "case5.lesions.json").read_text())
-    assert set(report) >= {"lesions", "total_volume_ml", "model", "input"}
+    # The report describes the written segmentation: ids 1..N, voxels and volumes add up, the model and input named.
     assert report["input"]["size"] == list(image.GetSize())
-    assert set(report["lesions"][0]) >= {"id", "voxels", "volume_ml", "centroid_ras", "max_diameter_mm", "mean_probability"}
+    np.testing.assert_allclose(report["input"]["spacing"], image.GetSpacing())
+    assert report["model"]["name"] == "BlobTestModel"
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    lesions = report["lesions"]
+    assert [lesion["id"] for lesion in lesions] == list(range(1, len(lesions) + 1)) and lesions
+    assert sum(lesion["voxels"] for lesion in lesions) == int((segmentation["voxels"] > 0).sum())
+    for lesion in lesions:
+        assert lesion["volume_ml"] == pytest.approx(lesion["voxels"] * voxel_ml, abs=2e-6)
+        assert len(lesion["centroid_ras"]) == 3 and lesion["max_diameter_mm"] > 0 and 0.5 <= lesion["mean_probability"] <= 1.0
+    assert report["total_volume_ml"] == pytest.approx(sum(lesion["volume_ml"] for lesion in lesions), abs=2e-6)
     assert not [p for p in output.parent.iterdir() if ".tmp" in p.name]
 
 

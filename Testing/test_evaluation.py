@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import blob_case, make_model
+from conftest import BLOB_DATASET_SPACING as SPACING
+from conftest import make_model, run_cli, write_blob_dataset
 from scipy import ndimage
 from SegmentLesionLib.cli.evaluate import format_table
 from SegmentLesionLib.data.datasets import read_dataset
@@ -20,47 +20,6 @@ from SegmentLesionLib.io.files import sha256_file
 from SegmentLesionLib.learning.evaluation import dataset_fingerprint, evaluate_model
 from SegmentLesionLib.learning.evaluation_result import EvaluationResult
 from SegmentLesionLib.models.spec import WEIGHTS_FILE
-
-SPACING = (1.0, 1.2, 1.5)  # (x, y, z) mm: anisotropic, so a spacing in the wrong axis order changes the distances
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "SegmentLesionLib", *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
-def write_blob_dataset(folder: Path, seeds=(11, 12, 13), corrupt: tuple[str, ...] = (), empty_label: tuple[str, ...] = ()) -> Path:
-    """An nnU-Net v2 raw dataset of bright-blob volumes (32^3, anisotropic spacing) with their exact masks.
-
-    Cases named in ``corrupt`` get an image file that is not an image; those in ``empty_label`` an empty label.
-    """
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    training = []
-    for seed in seeds:
-        case_id = f"blob_{seed:03d}"
-        image, label = blob_case(np.random.default_rng(seed), shape=(32, 32, 32))
-        if case_id in empty_label:
-            label[:] = 0
-        image_file = folder / "imagesTr" / f"{case_id}_0000.nii.gz"
-        label_file = folder / "labelsTr" / f"{case_id}.nii.gz"
-        for array, path in ((image, image_file), (label, label_file)):
-            volume = sitk.GetImageFromArray(array)
-            volume.SetSpacing(SPACING)
-            volume.SetOrigin((-5.0, 7.0, 3.0))
-            sitk.WriteImage(volume, str(path))
-        if case_id in corrupt:
-            image_file.write_bytes(b"this is not a NIfTI file")
-        training.append({"image": f"./imagesTr/{case_id}_0000.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
-    meta = {
-        "name": folder.name,
-        "channel_names": {"0": "MR"},
-        "labels": {"background": 0, "lesion": 1},
-        "numTraining": len(training),
-        "file_ending": ".nii.gz",
-        "training": training,
-    }
-    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
-    return folder
 
 
 @pytest.fixture(scope="module")

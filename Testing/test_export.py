@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import oblique_direction, tiny_network_def
+from conftest import make_volume, oblique_direction, tiny_network_def
 from SegmentLesionLib import cli
 from SegmentLesionLib.data.case_ids import generate_case_id, validate_case_id
 from SegmentLesionLib.data.comparison import compare_labels
@@ -70,13 +70,7 @@ def no_default_model(monkeypatch, tmp_path):
 
 
 def make_image(shape=SHAPE, spacing=(1.0, 1.2, 1.5), origin=(10.0, -20.0, 30.0), direction=None, seed=0) -> sitk.Image:
-    rng = np.random.default_rng(seed)
-    image = sitk.GetImageFromArray(rng.normal(100, 10, shape).astype(np.float32))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    return image
+    return make_volume(shape, spacing, origin, direction, seed, blob=False)
 
 
 def corrected_array(shape=SHAPE) -> np.ndarray:

@@ -8,12 +8,12 @@ no raw numpy or ITK warning, and no output file.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import run_cli
 
 HANG_GUARD_S = 180  # a hang runs for hours; a loaded 2-core machine needs well under this to import torch and refuse
 RAW_LIBRARY_TEXT = ("RuntimeWarning", "overflow encountered", "invalid value", "itk::", "ITK", "GDCM", "Traceback")
@@ -56,8 +56,7 @@ def _empty_dicom_folder(folder: Path) -> Path:
 
 
 def run_segment(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "SegmentLesionLib", "segment", *map(str, args), "--device", "cpu"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    return run_cli("segment", *args, "--device", "cpu", timeout=HANG_GUARD_S)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import slicer
 import slicerio
 import vtk
-from conftest import oblique_direction
+from conftest import make_volume, oblique_direction
 from SegmentLesionLib.errors import InputError, SegmentLesionError
 from SegmentLesionLib.models.spec import LESION_TERMINOLOGY, LabelInfo
 from SegmentLesionLib.runtime.jobs import JobState
@@ -43,12 +43,7 @@ def write(image: sitk.Image, path: Path) -> Path:
 
 
 def grid_image(shape_kji=(12, 14, 16), spacing=(1.0, 2.0, 3.0), origin=(4.0, -6.0, 8.0), direction=None, seed=0) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.random.default_rng(seed).normal(100, 10, shape_kji).astype(np.float32))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    return image
+    return make_volume(shape_kji, spacing, origin, direction, seed, blob=False)
 
 
 def on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -360,9 +360,9 @@ def test_export_writes_the_corrected_case(app, make_panel, logic, tmp_path):
 
 @pytest.mark.slow  # a training run and five more background processes (about 1.5 min on 2 shared cores)
 def test_retrain_shows_old_versus_new_and_promotes_by_the_rule(app, make_panel, blob_model, tmp_path):
+    from conftest import write_blob_dataset
     from SegmentLesionLib.learning.registry import Registry
     from SegmentLesionLib.ui.promotion_section import EVALUATION_FOLDER_KEY, NOT_HELD_OUT_NOTE
-    from test_evaluation import write_blob_dataset
 
     train = write_blob_dataset(tmp_path / "Dataset001_Train", seeds=(21, 22))
     held_out = write_blob_dataset(tmp_path / "Dataset002_Eval", seeds=(11, 12))

@@ -1,74 +1,63 @@
 """Real data: the LiTS case 117 CT crop through `segment-lesion segment` with the bundled default model.
 
-The default model is a brain MR model: on a liver CT it is expected to do poorly. This is a regression
-test of the whole path on real data (reading, geometry, inference, post-processing, writing), and its
-figures are pinned so that any change in behaviour is noticed and re-recorded deliberately
-(`Testing/expected/lits117_default_model.json`, written by `python Testing/test_real_ct_regression.py`).
+The default model is a brain MR model: on a liver CT it is expected to do poorly, and the README shows its
+figures (Dice, lesions found, false positives) as they are. This test pins no figure that an improvement would
+break; it checks what must hold for any model on real data: the output lies on the input's grid, the lesion
+report agrees with the labelmap it describes, and the predicted burden stays plausible (a model that floods a
+liver CT with "lesions" fails).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import run_cli
 from SegmentLesionLib.engine.metrics import case_metrics
-from SegmentLesionLib.models.spec import default_model_dir, load_spec
+from SegmentLesionLib.engine.regions import label_components
 
-EXPECTED = Path(__file__).resolve().parent / "expected" / "lits117_default_model.json"
+# At most this fraction of the crop may be called lesion (the true tumour burden of the crop is about 1 %).
+MAX_BURDEN_FRACTION = 0.05
 
 
-def segment_lits(image_path: Path, label_path: Path, output: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "SegmentLesionLib", "segment", str(image_path), "-o", str(output), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+def segment_lits(image_path: Path, label_path: Path, output: Path) -> tuple[sitk.Image, sitk.Image, dict, dict]:
+    run_cli("segment", image_path, "-o", output, "--device", "cpu", check_exit=0, timeout=600)
     labels, image = sitk.ReadImage(str(output)), sitk.ReadImage(str(image_path))
-    assert labels.GetSize() == image.GetSize() and labels.GetSpacing() == image.GetSpacing()
     report = json.loads(output.with_name(output.name.replace(".nii.gz", ".lesions.json")).read_text())
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) > 0
     metrics = case_metrics(sitk.GetArrayFromImage(labels) > 0, truth, tuple(reversed(image.GetSpacing())))
-    spec = load_spec(default_model_dir())
-    return {
-        "model": {"name": spec.name, "version": spec.version, "sha256": spec.weights_sha256},
-        "lesions": len(report["lesions"]),
-        "total_volume_ml": report["total_volume_ml"],
-        "dice": metrics["dice"],
-        "lesions_true": metrics["lesions_true"],
-        "lesions_found": metrics["lesions_found"],
-        "false_positive_lesions": metrics["false_positive_lesions"],
-    }
+    return image, labels, report, metrics
 
 
-@pytest.mark.skipif(not (default_model_dir() / "models" / "model.pt").exists(), reason="the bundled default model is not installed")
 def test_lits_crop_through_segment(lits_case, tmp_path):
     image_path, label_path = lits_case
-    observed = segment_lits(image_path, label_path, tmp_path / "lits117.nii.gz")
-    expected = json.loads(EXPECTED.read_text())
-    if observed["model"]["sha256"] != expected["model"]["sha256"]:
-        pytest.fail("the default model changed: re-record the expected figures (python Testing/test_real_ct_regression.py)")
-    assert observed["lesions"] == expected["lesions"]
-    assert observed["lesions_found"] == expected["lesions_found"]
-    assert observed["total_volume_ml"] == pytest.approx(expected["total_volume_ml"], rel=0.02, abs=0.05)
-    assert observed["dice"] == pytest.approx(expected["dice"], abs=0.01)
-    assert np.isfinite(observed["dice"])
+    image, labels, report, metrics = segment_lits(image_path, label_path, tmp_path / "lits117.nii.gz")
+    # The labelmap lies on the input's own grid.
+    assert labels.GetSize() == image.GetSize()
+    np.testing.assert_allclose(labels.GetSpacing(), image.GetSpacing())
+    np.testing.assert_allclose(labels.GetOrigin(), image.GetOrigin())
+    np.testing.assert_allclose(labels.GetDirection(), image.GetDirection())
+    assert report["input"]["size"] == list(image.GetSize())
+    # The report describes the labelmap: one entry per connected component, voxels and volumes add up.
+    mask = sitk.GetArrayFromImage(labels) > 0
+    components, count = label_components(mask)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    assert len(report["lesions"]) == count
+    assert sorted(lesion["voxels"] for lesion in report["lesions"]) == sorted(np.bincount(components.ravel())[1:].tolist())
+    assert sum(lesion["voxels"] for lesion in report["lesions"]) == int(mask.sum())
+    assert report["total_volume_ml"] == approx_ml(mask.sum() * voxel_ml)
+    for lesion in report["lesions"]:
+        assert lesion["volume_ml"] == approx_ml(lesion["voxels"] * voxel_ml)
+        assert 0.0 <= lesion["mean_probability"] <= 1.0 and lesion["max_diameter_mm"] >= 0.0
+    # The metrics are consistent with the report, and the burden stays plausible.
+    assert metrics["false_positive_lesions"] <= count
+    assert metrics["lesions_true"] > 0 and np.isfinite(metrics["dice"])
+    assert mask.mean() <= MAX_BURDEN_FRACTION, f"{100 * mask.mean():.1f} % of the CT called lesion"
 
 
-if __name__ == "__main__":
-    import tempfile
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import data_sources
-
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = segment_lits(*data_sources.lits_case(), Path(tmp) / "lits117.nii.gz")
-    EXPECTED.parent.mkdir(exist_ok=True)
-    EXPECTED.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+def approx_ml(value: float):
+    """Volumes in the report are rounded to 6 decimals (mL)."""
+    return pytest.approx(float(value), abs=2e-6)

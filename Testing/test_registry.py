@@ -11,20 +11,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from conftest import make_model, run_cli, write_blob_dataset
 from SegmentLesionLib.errors import InputError, ModelError
 from SegmentLesionLib.io.files import sha256_file
 from SegmentLesionLib.learning.comparison import Comparison, Decision
 from SegmentLesionLib.learning.registry import REGISTRY_ENV, Registry, default_registry_path
 from SegmentLesionLib.learning.registry_index import RegistryIndex
 from SegmentLesionLib.models.spec import WEIGHTS_FILE
-from test_evaluation import write_blob_dataset
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "SegmentLesion"
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "SegmentLesionLib", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

@@ -94,3 +94,28 @@ def test_demo_renders_files_written_by_the_command_line(tmp_path):
     rows, columns = np.nonzero(blue)
     # LPS file: i runs from patient right (screen left) to left, j from anterior (top) to posterior: pixel = 4 x index.
     assert abs(columns.min() - 4 * 30) <= 3 and abs(rows.min() - 4 * 10) <= 3
+
+
+def test_demo_render_prints_no_vtk_warning(tmp_path):
+    """A fresh process renders the demo's slice view without VTK's own warnings on stderr (the SegmentEditor tag)."""
+    import subprocess
+    import sys
+
+    shape = (8, 24, 24)
+    image = sitk.GetImageFromArray(np.full(shape, 100.0, np.float32))
+    sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
+    labels = np.zeros(shape, np.uint8)
+    labels[3:5, 8:12, 8:12] = 1
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(image)
+    from SegmentLesionLib.io.writers import write_seg_nrrd
+
+    write_seg_nrrd(label_image, tmp_path / "case.seg.nrrd", [LabelInfo(1, "lesion", [0.1, 0.2, 0.95])])
+    code = (
+        "import sys; from SegmentLesionLib.ui.render import render_demo_slice; "
+        "render_demo_slice(sys.argv[1] + '/case.nii.gz', sys.argv[1] + '/case.seg.nrrd', sys.argv[1] + '/out.png', size=(64, 64))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.png").is_file()
+    assert "WARN" not in result.stderr and "already been registered" not in result.stderr, result.stderr

@@ -50,8 +50,7 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
         SceneResults.__init__(self, scene)
         LesionReview.__init__(self)
         if segmentations_logic is None:
-            segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
-            segmentations_logic.SetMRMLScene(scene)
+            segmentations_logic = new_segmentations_logic(scene)
         # Kept as an attribute: VTK holds module logics weakly, and the converters live with it.
         self.segmentations_logic = segmentations_logic
         self.worker = SegmentationWorker(python=python, temp_root=temp_root)
@@ -160,3 +159,22 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
             self.worker.finish(job)
         job.segmentation_node_id = node.GetID()
         return JobEvent("done", job)
+
+
+def new_segmentations_logic(scene: slicer.vtkMRMLScene) -> Any:
+    """A segmentations module logic on ``scene`` (it registers the labelmap converters).
+
+    Setting its scene registers the module's node classes again; where slicer-core has registered them already,
+    VTK logs "Tag SegmentEditor has already been registered" for an expected, harmless re-registration. That
+    one call runs with VTK's warnings off, so users see no library noise (the previous setting is restored).
+    """
+    import vtk
+
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    shown = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    try:
+        logic.SetMRMLScene(scene)
+    finally:
+        vtk.vtkObject.SetGlobalWarningDisplay(shown)
+    return logic
