@@ -304,7 +304,7 @@ def test_volume_node_in_segmentation_node_out_with_the_real_worker(worker_logic,
     assert np.array_equal(worker_logic.labelmap_array(node), sitk.GetArrayFromImage(expected.labelmap))
     table = worker_logic.lesion_table(node)
     for key in ("voxels", "volume_ml", "centroid_ras", "max_diameter_mm", "mean_probability"):
-        assert np.allclose([lesion[key] for lesion in table], [lesion[key] for lesion in expected.lesions], atol=1e-3), key
+        assert np.allclose([lesion[key] for lesion in table], [getattr(lesion, key) for lesion in expected.lesions], atol=1e-3), key
     assert worker_logic.model_summary(node)["name"] == "TinyTestModel"
     assert worker_logic.settings(node)["threshold"] == pytest.approx(threshold)
     assert worker_logic.ai_labelmap_node(node) is not None and not worker_logic.has_edits(node)

@@ -15,13 +15,13 @@ Two kinds of folder are understood:
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..io.files import read_json_object, write_json
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "SegmentLesionBrainMR"
 METADATA_FILE = Path("configs") / "metadata.json"
@@ -176,16 +176,7 @@ def check_network_def(network_def: Any, where: str = "network_def") -> dict[str,
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"{path}: missing (not a model folder?)")
-    try:
-        with open(path, encoding="utf-8") as stream:
-            data = json.load(stream)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: must hold a JSON object")
-    return data
+    return read_json_object(path, "model configuration", ModelError, "not a model folder?")
 
 
 def _labels_from(raw: Any, where: str) -> list[LabelInfo]:
@@ -426,13 +417,5 @@ def write_config_files(folder: Path, spec: ModelSpec, extra_metadata: dict[str, 
         },
         "preprocessing": {"_target_": "Compose", "transforms": transforms},
     }
-    _write_json(folder / METADATA_FILE, metadata)
-    _write_json(folder / INFERENCE_FILE, inference)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2)
-        stream.write("\n")
-    os.replace(tmp, path)
+    write_json(metadata, folder / METADATA_FILE)
+    write_json(inference, folder / INFERENCE_FILE)
