@@ -333,7 +333,7 @@ def test_a_broken_model_gives_one_clear_error(logic, tmp_path):
     (broken / "configs").mkdir(parents=True)
     (broken / "configs" / "metadata.json").write_text("{not json", encoding="utf-8")
     before = node_ids(logic.scene)
-    with pytest.raises(SegmentLesionError, match="metadata.json: is not valid JSON"):
+    with pytest.raises(SegmentLesionError, match="metadata.json: the model configuration is not valid JSON"):
         logic.segment(volume, broken, "cpu", timeout=120)
     assert node_ids(logic.scene) == before and not logic.worker.busy
     logic.worker.client.process.wait(timeout=30)
