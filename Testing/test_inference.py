@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import blob_volume, make_model, make_volume, oblique_direction
@@ -205,3 +206,19 @@ def test_model_grid_from_a_header_matches_the_image(blob_model):
     from_image = preprocess.model_grid(image, "RAS", [1.5, 1.5, 1.5])
     from_grid = preprocess.model_grid(preprocess.Grid.of(image), "RAS", [1.5, 1.5, 1.5])
     assert from_image == from_grid
+
+
+@pytest.mark.parametrize("degrees, permuted", [(0.005, True), (0.2, False)])
+def test_a_slightly_oblique_volume_is_permuted_only_when_no_voxel_moves(degrees, permuted):
+    """Found by the fuzz suite: a 0.2 degree rotation passed as axis-aligned (its cosines are 0.99999), and the
+    far corner of a 200-voxel row landed two voxels away when the result came back onto the input's grid."""
+    index = np.arange(40 * 200 * 200, dtype=np.float32).reshape(40, 200, 200)
+    image = sitk.GetImageFromArray(index)
+    image.SetSpacing((0.7, 0.7, 2.0))
+    image.SetDirection(oblique_direction(degrees))
+    grid, exact = preprocess.model_grid(image, "RAS", None)
+    assert exact == permuted
+    if exact:  # every voxel comes back to itself, as the engine maps the result back
+        model_image = preprocess.to_model_grid(image, grid, exact)
+        back = preprocess.Grid.of(image).resample(model_image, sitk.sitkNearestNeighbor)
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), index)

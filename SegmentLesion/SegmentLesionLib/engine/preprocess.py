@@ -77,7 +77,7 @@ def model_grid(image: sitk.Image | Grid, orientation: str | None, spacing: list[
     # Which input axis maps onto each target axis (for native spacing and the no-interpolation check).
     alignment = np.abs(target_direction.T @ direction)
     permutation = alignment.argmax(axis=1)
-    aligned = np.allclose(alignment.max(axis=1), 1.0, atol=1e-6) and len(set(permutation)) == 3
+    aligned = len(set(permutation)) == 3 and _snapping_moves_voxels_by(direction, target_direction, permutation, source) < SNAP_VOXELS
     target_spacing = np.asarray(spacing, dtype=float) if spacing else in_spacing[permutation]
     # Physical corners of the input's voxel box (voxel edges, not centres).
     corners = np.array([[a, b, c] for a in (-0.5, size[0] - 0.5) for b in (-0.5, size[1] - 0.5) for c in (-0.5, size[2] - 0.5)])
@@ -106,6 +106,27 @@ def model_grid(image: sitk.Image | Grid, orientation: str | None, spacing: list[
         tuple(float(v) for v in target_direction.ravel()),
     )
     return grid, exact
+
+
+# A slightly oblique input is treated as axis-aligned (its voxels permuted, not interpolated) only when that moves
+# no voxel by more than this fraction of a voxel: mapping the result back with nearest neighbour is then exact.
+SNAP_VOXELS = 0.25
+
+
+def _snapping_moves_voxels_by(direction: np.ndarray, target_direction: np.ndarray, permutation: np.ndarray, source: Grid) -> float:
+    """How far (in voxels of the finest axis) placing the input's axes along the target's moves its farthest voxel.
+
+    The direction's cosines alone do not say: a 0.2 degree rotation moves the far corner of a 512-voxel CT row by
+    more than a voxel.
+    """
+    signs = np.sign(np.einsum("ij,ij->j", target_direction, direction[:, permutation]))
+    snapped = np.empty((3, 3))
+    snapped[:, permutation] = target_direction * signs  # input axis permutation[t] along target axis t
+    spacing = np.asarray(source.spacing, dtype=float)
+    extent = (np.asarray(source.size, dtype=float) - 1.0) * spacing
+    steps = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=float)
+    moved = np.linalg.norm((steps * extent) @ (direction - snapped).T, axis=1).max()
+    return float(moved / spacing.min())
 
 
 def to_model_grid(image: sitk.Image, grid: Grid, exact: bool, interpolator: int = sitk.sitkLinear) -> sitk.Image:
