@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 from conftest import run_cli
-from fuzz_volumes import CommandResult, VolumeCase, check_case, measured_cases, tiny_models, volume_cases
+from fuzz_volumes import CommandResult, VolumeCase, check_case, found_cases, measured_cases, tiny_models, volume_cases
 from hypothesis import HealthCheck, example, given, settings
 
 FUZZ_SETTINGS = dict(
@@ -56,7 +56,7 @@ def test_hostile_volumes_end_with_outputs_on_their_grid_or_one_line(fuzz_models)
         kinds.append(outcome.kind)
         assert not outcome.problems, _report(outcome)
 
-    for case in measured_cases():  # issue 16's own cases come first, then the generated ones
+    for case in measured_cases() + found_cases():  # issue 16's cases and earlier finds come first, then generated ones
         ends_cleanly = example(case=case)(ends_cleanly)
     ends_cleanly()
     # The fixed examples reach every way a case ends (the budget is not spent on one kind of refusal).
@@ -97,6 +97,6 @@ def test_the_checker_flags_what_no_user_should_see():
         "Traceback (most recent call last):",
     ]
     for line in raw:
-        assert stderr_problems(f"{line}\nerror: {path}: is empty", path, 1) == [f"raw output on stderr: {line!r}"]
+        assert stderr_problems(f"{line}\nerror: {path}: is empty", path, 1) == [f"raw output on stderr (1 lines): {line!r}"]
     assert stderr_problems(f"error: {path}: one\nerror: {path}: two", path, 1) == ["exit 1 with 2 error lines"]
     assert stderr_problems("", path, 1) == ["exit 1 with 0 error lines"]

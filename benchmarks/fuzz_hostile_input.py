@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "SegmentLesion"))
 sys.path.insert(0, str(ROOT / "Testing"))
 
 import numpy as np  # noqa: E402
-from fuzz_volumes import Outcome, check_case, measured_cases, tiny_models, volume_cases  # noqa: E402
+from fuzz_volumes import Outcome, check_case, found_cases, measured_cases, tiny_models, volume_cases  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def run(examples: int, random_seed: int, work: Path) -> list[Outcome]:
         if len(outcomes) % 100 == 0:
             print(f"{len(outcomes)} examples...", flush=True)
 
-    for case in measured_cases():
+    for case in measured_cases() + found_cases():
         one(case)
 
     @seed(random_seed)
@@ -76,7 +76,10 @@ def main() -> int:
     failures = [o for o in outcomes if o.problems]
     kinds = collections.Counter(o.kind for o in outcomes)
     seconds = np.array([o.seconds for o in outcomes])
-    print(f"\nexamples run: {len(outcomes)} ({len(measured_cases())} measured cases of issue 16 + generated, seed {args.seed})")
+    replayed = len(measured_cases()) + len(found_cases())
+    print(
+        f"\nexamples run: {len(outcomes)} ({replayed} replayed: issue 16's cases and earlier finds; the rest generated, seed {args.seed})"
+    )
     print("outcomes: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()))
     print(f"seconds per example: median {np.median(seconds):.2f}, max {seconds.max():.2f}; total {total:.0f} s")
     print(f"failures: {len(failures)}")
