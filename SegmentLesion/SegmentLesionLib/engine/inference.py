@@ -1,8 +1,8 @@
 """The segmentation engine: a model loaded once, applied to volumes with progress and cancel.
 
 ``Segmenter.segment`` runs: model grid (orientation, spacing) -> intensity normalisation -> MONAI
-sliding-window inference with Gaussian blending (CUDA + autocast when available, CPU otherwise; optional
-flip test-time augmentation) -> foreground probability back on the input's own grid -> post-processing.
+sliding-window inference with Gaussian blending (CUDA + float16 autocast when available, CPU otherwise, in
+bfloat16 where the CPU has it natively: ``precision``; optional flip test-time augmentation) -> foreground probability back on the input's own grid -> post-processing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
 from . import postprocess, preprocess, resources
+from .precision import Precision, choose_precision
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -43,11 +44,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def device_description(device: torch.device) -> str:
-    """A short name for the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (2 threads)'."""
+def device_description(device: torch.device, precision: Precision | None = None) -> str:
+    """A short name for the device, e.g. 'NVIDIA H100 80GB HBM3 (fp16)' or 'CPU (2 threads, bf16)'."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(device)
+        return f"{name} ({precision.name})" if precision else name
+    return f"CPU ({torch.get_num_threads()} threads{', ' + precision.name if precision else ''})"
 
 
 @dataclass
@@ -59,6 +61,7 @@ class SegmentOptions:
     fill_holes: bool | None = None
     tta: bool = False
     max_voxels: int | None = None  # the model grid's voxel limit (None: the model's ``max_voxels``, else the default)
+    precision: str | None = None  # auto, fp32 or bf16 (None: the segmenter's)
 
 
 @dataclass
@@ -91,7 +94,8 @@ class _ProgressNetwork(torch.nn.Module):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.cancel is not None and self.cancel():
             raise Cancelled()
-        output = self.network(batch)
+        # Blending runs in float32 (MONAI multiplies the window by its weights in place, in the window's dtype).
+        output = self.network(batch).float()
         self.done += 1
         if self.progress is not None:
             self.progress(min(self.done, self.total), self.total, "inference")
@@ -118,12 +122,26 @@ class Segmenter:
     Args:
         model_dir: model folder (None: the bundled default model).
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto``, ``fp32`` or ``bf16`` (see ``engine.precision``); a request may ask for another.
     """
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "auto") -> None:
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto") -> None:
         self.device = resolve_device(device)
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
+        self.requested_precision = precision
+        self.precision = self.choose_precision(precision, self.device)
+
+    def choose_precision(self, requested: str | None = None, device: torch.device | None = None) -> Precision:
+        """The precision for a request on ``device`` (default: the segmenter's); a note for the user is logged.
+
+        Raises:
+            InputError: an unknown precision, or bf16 on a GPU without it.
+        """
+        chosen = choose_precision(requested or self.requested_precision, (device or self.device).type, self.spec.allow_reduced_precision)
+        if chosen.note:
+            logger.warning("%s", chosen.note)
+        return chosen
 
     def segment_file(
         self,
@@ -173,6 +191,7 @@ class Segmenter:
         """
         options = options or SegmentOptions()
         spec = self.spec
+        precision = self.precision if options.precision in (None, self.requested_precision) else self.choose_precision(options.precision)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         reference = preprocess.Grid.of(image)
@@ -187,14 +206,14 @@ class Segmenter:
         timings["preprocess_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        fg_xyz, classes_xyz = self._infer(data, options.tta, progress, cancel)
+        fg_xyz, classes_xyz, precision = self._infer(data, options.tta, precision, progress, cancel)
         timings["inference_s"] = time.perf_counter() - start
         del data
 
         start = time.perf_counter()
         if progress is not None:
             progress(1, 1, "post-processing")
-        result = self._postprocess(fg_xyz, classes_xyz, grid, reference, exact, options)
+        result = self._postprocess(fg_xyz, classes_xyz, grid, reference, exact, options, precision)
         timings["postprocess_s"] = time.perf_counter() - start
         result.timings = timings
         return result
@@ -207,6 +226,7 @@ class Segmenter:
         reference: preprocess.Grid,
         exact: bool,
         options: SegmentOptions,
+        precision: Precision,
     ) -> SegmentationResult:
         """Probabilities back on the input's grid, then lesions and their report."""
         spec = self.spec
@@ -241,6 +261,7 @@ class Segmenter:
                 "fill_holes": fill,
                 "tta": options.tta,
                 "device": str(self.device),
+                "precision": precision.name,
             },
         )
         return SegmentationResult(labelmap, probability, found.components, report)
@@ -255,24 +276,33 @@ class Segmenter:
         return back
 
     def _infer(
-        self, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays."""
+        self, data: np.ndarray, tta: bool, precision: Precision, progress: ProgressCallback | None, cancel: CancelCheck | None
+    ) -> tuple[np.ndarray, np.ndarray | None, Precision]:
+        """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays,
+        and the precision they were computed in."""
         try:
-            return self._infer_on(self.device, data, tta, progress, cancel)
+            return (*self._infer_on(self.device, data, tta, precision, progress, cancel), precision)
         except torch.OutOfMemoryError:
             if self.device.type != "cuda":
                 raise
             logger.warning("GPU out of memory: falling back to the CPU for this volume (slower)")
             torch.cuda.empty_cache()
-            self.network.to("cpu")
+            cpu = torch.device("cpu")
+            precision = self.choose_precision(None if precision.name == "fp16" else precision.name, cpu)
+            self.network.to(cpu)
             try:
-                return self._infer_on(torch.device("cpu"), data, tta, progress, cancel)
+                return (*self._infer_on(cpu, data, tta, precision, progress, cancel), precision)
             finally:
                 self.network.to(self.device)
 
     def _infer_on(
-        self, device: torch.device, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None
+        self,
+        device: torch.device,
+        data: np.ndarray,
+        tta: bool,
+        precision: Precision,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         from monai.inferers import SliceInferer, SlidingWindowInferer
 
@@ -297,8 +327,7 @@ class Segmenter:
             progress(0, wrapped.total, "inference")
         batch = torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)
         probabilities = None
-        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision.autocast(device.type):
             for dims in flips:
                 inputs = torch.flip(batch, dims) if dims else batch
                 logits = inferer(inputs, wrapped)
