@@ -24,7 +24,7 @@ from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unu
 from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
-from . import postprocess, preprocess, resources
+from . import brain_mask, postprocess, preprocess, resources
 from .precision import Precision, choose_precision
 
 logger = logging.getLogger("SegmentLesion")
@@ -61,6 +61,7 @@ class SegmentOptions:
     fill_holes: bool | None = None
     tta: bool = False
     max_voxels: int | None = None  # the model grid's voxel limit (None: the model's ``max_voxels``, else the default)
+    brain_mask: str | None = None  # "deepbet" or "none" (None: the model's ``brain_mask``); see engine/brain_mask.py
     precision: str | None = None  # auto, fp32 or bf16 (None: the segmenter's)
 
 
@@ -256,6 +257,9 @@ class Segmenter:
         reference = preprocess.Grid.of(image)
         self.check_resources(reference, options, name)
         image = replace_unusable_values(image, name)
+        stages.lap("resample_s")
+        restrict = self._brain_mask(image, options)
+        stages.lap("brain_mask_s")
         grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
         model_image = preprocess.to_model_grid(image, grid, exact)
         # Only the grids are needed from here on: let the full-resolution input go before inference (the caller of
@@ -277,8 +281,10 @@ class Segmenter:
 
         if progress is not None:
             progress(1, 1, "post-processing")
-        result = self._postprocess(model_probability, model_classes, reference, exact, options, precision, stages)
+        result = self._postprocess(model_probability, model_classes, reference, exact, options, precision, stages, restrict)
         timings = stages.seconds
+        if restrict is None:
+            del timings["brain_mask_s"]
         timings["preprocess_s"] = timings["resample_s"] + timings["normalise_s"]
         timings["inference_s"] = timings["network_s"] + timings["blend_s"]
         timings["postprocess_s"] = timings["to_input_grid_s"] + timings["lesions_s"]
@@ -294,8 +300,10 @@ class Segmenter:
         options: SegmentOptions,
         precision: Precision,
         stages: _Stages,
+        restrict: sitk.Image | None = None,
     ) -> SegmentationResult:
-        """Probabilities back on the input's grid (in the box where they can reach the threshold), lesions, report."""
+        """Probabilities back on the input's grid (in the box where they can reach the threshold; 0 outside
+        ``restrict`` when given), then lesions and their report."""
         spec = self.spec
         threshold = spec.threshold if options.threshold is None else options.threshold
         min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
@@ -315,8 +323,10 @@ class Segmenter:
             classes = None
             if model_classes is not None:
                 classes = sitk.GetArrayViewFromImage(self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor))
-            stages.lap("to_input_grid_s")
             prob_array = sitk.GetArrayViewFromImage(probability)
+            if restrict is not None:
+                prob_array = np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, prob_array, np.float32(0))
+            stages.lap("to_input_grid_s")
             found = postprocess.find_lesions(
                 prob_array,
                 reference.spacing,
@@ -345,14 +355,26 @@ class Segmenter:
                 "tta": options.tta,
                 "device": str(self.device),
                 "precision": precision.name,
+                "brain_mask": self._brain_mask_choice(options),
             },
         )
         stages.lap("lesions_s")
 
         def full_probability() -> sitk.Image:
-            return self._to_reference(model_probability, reference, exact, sitk.sitkLinear)
+            full = self._to_reference(model_probability, reference, exact, sitk.sitkLinear)
+            return full if restrict is None else sitk.Mask(full, restrict)
 
         return SegmentationResult(labelmap, report, box, box_components, full_probability)
+
+    def _brain_mask_choice(self, options: SegmentOptions) -> str:
+        return options.brain_mask or self.spec.brain_mask or "none"
+
+    def _brain_mask(self, image: sitk.Image, options: SegmentOptions) -> sitk.Image | None:
+        """The brain mask on the input's grid when the model or the request asks for one (engine/brain_mask.py)."""
+        choice = self._brain_mask_choice(options)
+        if choice == "none":
+            return None
+        return brain_mask.brain_mask(image)
 
     @staticmethod
     def _to_reference(image: sitk.Image, reference: preprocess.Grid, exact: bool, interpolator: int) -> sitk.Image:

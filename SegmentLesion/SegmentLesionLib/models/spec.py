@@ -106,6 +106,7 @@ class ModelSpec:
     max_voxels: int | None = None  # the model grid's voxel limit (None: the engine's default, 2^28)
     # False: the network always runs in float32 (no bf16 on CPUs, no fp16 on GPUs), whatever --precision says.
     allow_reduced_precision: bool = True
+    brain_mask: str | None = None  # "deepbet": lesions only inside deepbet's brain mask (engine/brain_mask.py)
     modality: str = "MR"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -259,6 +260,8 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: intensity mode must be one of zscore, window, minmax, none")
     if spec.intensity.get("foreground") not in (None, "mean", "head"):
         raise ModelError(f"{where}: intensity foreground must be 'head' (a head mask) or 'mean' (voxels above the mean)")
+    if spec.brain_mask not in (None, "none", "deepbet"):
+        raise ModelError(f"{where}: brain_mask must be 'deepbet', 'none' or null")
     if spec.max_voxels is not None and (isinstance(spec.max_voxels, bool) or not isinstance(spec.max_voxels, int) or spec.max_voxels < 1):
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
     if not isinstance(spec.allow_reduced_precision, bool):
