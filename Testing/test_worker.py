@@ -134,8 +134,10 @@ def test_the_wire_format_is_the_documented_one():
     assert parse_event(done) == DoneEvent("7", "/o", "/r", 2, 4.1) and DoneEvent("7", "/o", "/r", 2, 4.1).to_json() == done
     progress = {"event": "progress", "id": "7", "done": 3, "total": 12, "stage": "inference"}
     assert parse_event(progress).to_json() == progress and isinstance(parse_event(progress), ProgressEvent)
-    ready = {"event": "ready", "model": {"name": "M"}, "device": "CPU", "labels": []}
-    assert parse_event(ready) == ReadyEvent({"name": "M"}, "CPU", []) and parse_event(ready).to_json() == ready
+    ready = {"event": "ready", "model": {"name": "M"}, "device": "CPU (2 threads, bf16)", "labels": [], "precision": "bf16"}
+    assert parse_event(ready) == ReadyEvent({"name": "M"}, "CPU (2 threads, bf16)", [], "bf16") and parse_event(ready).to_json() == ready
+    older = {"event": "ready", "model": {"name": "M"}, "device": "CPU", "labels": []}  # a worker from before precision
+    assert parse_event(older) == ReadyEvent({"name": "M"}, "CPU", [], "")
     assert parse_event({"event": "from a newer worker"}) is None
 
 

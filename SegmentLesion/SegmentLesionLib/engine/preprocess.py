@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import intensity
+from .regions import bounding_box
 
 
 @dataclass
@@ -37,6 +38,22 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
+    def index_to_physical(self, index: np.ndarray) -> np.ndarray:
+        """LPS points (n, 3) of continuous (i, j, k) indices (n, 3)."""
+        direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.asarray(self.origin, dtype=float) + (np.asarray(index, dtype=float) * np.asarray(self.spacing)) @ direction.T
+
+    def physical_to_index(self, points: np.ndarray) -> np.ndarray:
+        """Continuous (i, j, k) indices (n, 3) of LPS points (n, 3)."""
+        inverse = np.linalg.inv(np.asarray(self.direction, dtype=float).reshape(3, 3))  # not assumed orthonormal
+        return ((np.asarray(points, dtype=float) - np.asarray(self.origin, dtype=float)) @ inverse.T) / np.asarray(self.spacing)
+
+    def sub_grid(self, box: tuple[slice, slice, slice]) -> Grid:
+        """The part of this grid inside an (i, j, k) box of whole voxels (same spacing and direction)."""
+        start = [int(s.start) for s in box]
+        origin = self.index_to_physical(np.asarray([start]))[0]
+        return Grid(tuple(int(s.stop - s.start) for s in box), self.spacing, tuple(float(v) for v in origin), self.direction)
+
     def resample(self, image: sitk.Image, interpolator: int, default: float = 0.0, pixel: int | None = None) -> sitk.Image:
         """Resample ``image`` onto this grid (identity transform: both live in the same physical space)."""
         return sitk.Resample(
@@ -50,6 +67,29 @@ class Grid:
             float(default),
             image.GetPixelID() if pixel is None else pixel,
         )
+
+
+def covering_box(mask_xyz: np.ndarray, source: Grid, target: Grid) -> tuple[slice, slice, slice] | None:
+    """The (i, j, k) box of ``target`` holding every voxel that a linear (or nearest) interpolation from ``source``
+    can take from a True voxel of ``mask_xyz`` (indexed (i, j, k) on ``source``); None when the mask is empty or
+    lies outside ``target``.
+
+    A linearly interpolated value is a convex combination of the 8 source voxels around the point, so a target voxel
+    whose value reaches a threshold lies less than one source voxel from a source voxel that reaches it: the box is
+    the mask's box grown by one source voxel, mapped onto ``target`` and grown by one target voxel.
+    """
+    box = bounding_box(mask_xyz, margin=0)
+    if box is None:
+        return None
+    low = np.array([s.start for s in box], dtype=float) - 1.0
+    high = np.array([s.stop - 1 for s in box], dtype=float) + 1.0
+    corners = np.array([[(low, high)[c >> axis & 1][axis] for axis in range(3)] for c in range(8)])
+    index = target.physical_to_index(source.index_to_physical(corners))
+    start = np.maximum(np.floor(index.min(axis=0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 2, np.asarray(target.size))
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
 def orientation_direction(axcodes: str) -> np.ndarray:
@@ -130,13 +170,16 @@ def _snapping_moves_voxels_by(direction: np.ndarray, target_direction: np.ndarra
 
 
 def to_model_grid(image: sitk.Image, grid: Grid, exact: bool, interpolator: int = sitk.sitkLinear) -> sitk.Image:
-    """Bring ``image`` onto ``grid``: a permutation when ``exact``, a resampling otherwise (padding with its minimum)."""
+    """Bring ``image`` onto ``grid``: a permutation when ``exact`` (voxel type kept), else a resampling (padding with
+    its minimum) to float32, or to the input's type for nearest-neighbour (labels)."""
     if exact:
         codes = _axcodes(grid.direction)
         oriented = sitk.DICOMOrient(image, codes) if codes else image
         return grid.apply_to(oriented)  # same voxels; removes round-off between the two computations
-    default = float(sitk.GetArrayViewFromImage(image).min()) if interpolator != sitk.sitkNearestNeighbor else 0.0
-    return grid.resample(image, interpolator, default)
+    if interpolator == sitk.sitkNearestNeighbor:
+        return grid.resample(image, interpolator, 0.0)
+    # Interpolated values are not integers: an int16 CT is resampled straight to float32 (no full-size float copy).
+    return grid.resample(image, interpolator, float(sitk.GetArrayViewFromImage(image).min()), sitk.sitkFloat32)
 
 
 def _axcodes(direction: tuple[float, ...]) -> str | None:

@@ -240,6 +240,9 @@ def replace_unusable_values(image: sitk.Image, name: str) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.floating):
         return image  # integer voxels are always usable
+    low, high = float(array.min()), float(array.max())  # NaN propagates: two reductions, no full-size temporaries
+    if np.isfinite(low) and np.isfinite(high) and max(abs(low), abs(high)) < INTENSITY_LIMIT:
+        return image
     usable = usable_mask(array)
     if usable.all():
         return image
@@ -255,11 +258,12 @@ def replace_unusable_values(image: sitk.Image, name: str) -> sitk.Image:
     return copy_geometry(sitk.GetImageFromArray(fixed), image)
 
 
-def read_volume(path: str | os.PathLike) -> sitk.Image:
+def read_volume(path: str | os.PathLike, keep_integers: bool = False) -> sitk.Image:
     """Read a 3D scalar volume (NIfTI, NRRD, MetaImage or a DICOM series folder) as float32.
 
     Non-finite voxels (NaN, Inf) and huge ones (beyond ``INTENSITY_LIMIT``) are replaced by the lowest usable
-    value, with a warning.
+    value, with a warning. With ``keep_integers``, integer voxels keep their type (an int16 CT takes half the memory
+    of its float32 copy; the engine converts on the model grid); floating-point ones are float32 either way.
 
     Raises:
         InputError: missing or unreadable file, 2D, 4D or multi-component image, unclear DICOM folder, no usable
@@ -270,9 +274,14 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
         raise InputError(f"{path}: is a segmentation, not an image volume")
     image = _read_image(path)
     check_3d_scalar(image, str(path))
+    integer = not np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.floating)
+    if integer and keep_integers:
+        return strip_metadata(image)
     if image.GetPixelID() == sitk.sitkFloat64:
         image = replace_unusable_values(image, str(path))  # before the cast: float64 values beyond float32 become inf
-    image = replace_unusable_values(sitk.Cast(image, sitk.sitkFloat32), str(path))
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if not integer:  # integers below 2^63 are finite and far below INTENSITY_LIMIT as float32
+        image = replace_unusable_values(image, str(path))
     return strip_metadata(image)
 
 
