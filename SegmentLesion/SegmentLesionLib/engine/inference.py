@@ -20,11 +20,12 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import Cancelled, InputError
-from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unusable_values
+from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unusable_values, same_geometry
 from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
 from . import brain_mask, postprocess, preprocess, resources
+from .bundle_pipeline import BundlePipeline
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -71,6 +72,7 @@ class SegmentationResult:
     components: np.ndarray  # lesion id per voxel (k, j, i)
     report: LesionReport  # what ``<stem>.lesions.json`` holds
     timings: dict[str, float] = field(default_factory=dict)
+    regions: np.ndarray | None = None  # bool (C, k, j, i): a Model Zoo region model's channels (may overlap), else None
 
     @property
     def lesions(self) -> list[Lesion]:
@@ -125,6 +127,8 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
+        # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
+        self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
 
     def segment_file(
         self,
@@ -160,7 +164,7 @@ class Segmenter:
 
     def segment(
         self,
-        image: sitk.Image,
+        image: sitk.Image | list[sitk.Image],
         options: SegmentOptions | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
@@ -168,11 +172,16 @@ class Segmenter:
     ) -> SegmentationResult:
         """Segment a 3D volume; every output is on ``image``'s grid.
 
+        A model with several input channels takes a list of volumes, in the model's channel order, all on the
+        first one's grid (Model Zoo bundles so far).
+
         Raises:
             InputError: no usable voxel, or a model grid beyond the limit (see ``check_resources``).
             Cancelled: ``cancel()`` returned True between two window batches.
         """
         options = options or SegmentOptions()
+        if self.bundle is not None:
+            return self._segment_bundle(image if isinstance(image, list) else [image], options, progress, cancel, name)
         spec = self.spec
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -216,7 +225,6 @@ class Segmenter:
         restrict: sitk.Image | None = None,
     ) -> SegmentationResult:
         """Probabilities back on the input's grid (0 outside ``restrict`` when given), then lesions and their report."""
-        spec = self.spec
         probability = self._to_reference(preprocess.image_from_xyz(fg_xyz, grid), reference, exact, sitk.sitkLinear)
         if restrict is not None:
             probability = sitk.Mask(probability, restrict)
@@ -224,12 +232,27 @@ class Segmenter:
         if classes_xyz is not None:
             class_image = self._to_reference(preprocess.image_from_xyz(classes_xyz, grid), reference, exact, sitk.sitkNearestNeighbor)
             classes = sitk.GetArrayViewFromImage(class_image)
+        return self._lesions(probability, classes, reference, options)
+
+    def _lesions(
+        self,
+        probability: sitk.Image,
+        classes: np.ndarray | None,
+        reference: preprocess.Grid,
+        options: SegmentOptions,
+        mask: np.ndarray | None = None,
+    ) -> SegmentationResult:
+        """Lesions (connected components) and their report, from the probability on the input grid.
+
+        ``mask`` (a bundle's own labelmap) replaces thresholding the probability.
+        """
+        spec = self.spec
         prob_array = sitk.GetArrayViewFromImage(probability)
         threshold = spec.threshold if options.threshold is None else options.threshold
         min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
         fill = spec.fill_holes if options.fill_holes is None else options.fill_holes
         found = postprocess.find_lesions(
-            prob_array,
+            prob_array if mask is None else (mask > 0).astype(np.float32),
             reference.spacing,
             threshold=threshold,
             min_lesion_mm3=min_mm3,
@@ -254,6 +277,44 @@ class Segmenter:
             },
         )
         return SegmentationResult(labelmap, probability, found.components, report)
+
+    def _segment_bundle(
+        self, images: list[sitk.Image], options: SegmentOptions, progress: ProgressCallback | None, cancel: CancelCheck | None, name: str
+    ) -> SegmentationResult:
+        """A Model Zoo bundle: its own pipeline gives the labelmap and the probability; lesions and report as usual."""
+        spec = self.spec
+        expected = max(spec.in_channels, 1)
+        if len(images) != expected:
+            names = f" ({', '.join(spec.channel_names)})" if spec.channel_names else ""
+            raise InputError(f"{name}: the model {spec.name} takes {expected} input volume(s){names}; {len(images)} given")
+        reference = preprocess.Grid.of(images[0])
+        for index, image in enumerate(images[1:], start=1):
+            if not same_geometry(images[0], image):
+                raise InputError(f"{name}: input {index + 1} is not on the first input's grid (resample it onto the first one)")
+        self.check_resources(reference, options, name)
+        images = [replace_unusable_values(image, name) for image in images]
+        start = time.perf_counter()
+
+        def network_for(shape: tuple[int, ...]) -> torch.nn.Module:
+            total = count_window_batches(shape, tuple(spec.patch_size), spec.overlap, spec.sw_batch_size) if len(shape) == 3 else 1
+            wrapped = _ProgressNetwork(self.network, total, progress, cancel)
+            if progress is not None:
+                progress(0, wrapped.total, "inference")
+            return wrapped
+
+        output = self.bundle.run(images, network_for, name)
+        inference_s = time.perf_counter() - start
+        start = time.perf_counter()
+        restrict = self._brain_mask(images[0], options)
+        if restrict is not None:
+            inside = sitk.GetArrayViewFromImage(restrict) > 0
+            output.labels[~inside] = 0
+            output.probability[~inside] = 0.0
+        probability = reference.apply_to(sitk.GetImageFromArray(output.probability))
+        result = self._lesions(probability, output.labels, reference, options, mask=output.labels)
+        result.regions = output.regions
+        result.timings = {"inference_s": inference_s, "postprocess_s": time.perf_counter() - start}
+        return result
 
     def _brain_mask_choice(self, options: SegmentOptions) -> str:
         return options.brain_mask or self.spec.brain_mask or "none"
