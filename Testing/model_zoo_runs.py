@@ -91,11 +91,12 @@ class MonaiResult:
     labels_image: sitk.Image
 
 
-def monai_run(folder: Path, image: str | list[str], out_dir: Path, device: str = "cpu") -> MonaiResult:
+def monai_run(folder: Path, image: str | list[str], out_dir: Path, device: str = "cpu", probability: bool = True) -> MonaiResult:
     """Run the bundle's own pipeline with MONAI (see the module docstring) on one case.
 
     ``image`` is a file, or for a multi-channel bundle the list of files (one per channel, on one grid), as the
-    bundle's datalist would list them.
+    bundle's datalist would list them. ``probability=False`` skips the foreground probability (the benchmark
+    times MONAI's own work only); ``MonaiResult.probability`` is then empty.
     """
     import torch
     from monai.data import decollate_batch
@@ -124,6 +125,9 @@ def monai_run(folder: Path, image: str | list[str], out_dir: Path, device: str =
     item = decollate_batch(batch, detach=True)[0]
     item.update(decollate_batch({"image": inputs, "pred": pred}, detach=True)[0])
 
+    postprocessing_input = dict(item)
+    if not probability:
+        return _saved(postprocessing, postprocessing_input, out_dir, np.zeros(0, np.float32))
     # The foreground probability: the bundle's own Activationsd (softmax when it has none), inverted by Invertd.
     activation = next((t for t in postprocessing.transforms if isinstance(t, Activationsd)), None)
     probabilities = activation({"pred": item["pred"]})["pred"] if activation is not None else torch.softmax(item["pred"], 0)
@@ -132,9 +136,12 @@ def monai_run(folder: Path, image: str | list[str], out_dir: Path, device: str =
     inverted = Invertd(keys="fg", transform=preprocessing, orig_keys="image", nearest_interp=False)(
         {"image": item["image"], "fg": foreground}
     )
-    probability = inverted["fg"][0].cpu().numpy().transpose(2, 1, 0)
+    return _saved(postprocessing, postprocessing_input, out_dir, inverted["fg"][0].cpu().numpy().transpose(2, 1, 0))
 
-    postprocessing(item)  # ends with the bundle's SaveImaged
+
+def _saved(postprocessing, item: dict, out_dir: Path, probability: np.ndarray) -> MonaiResult:
+    """Run the bundle's post-processing (it ends with its SaveImaged) and read back the labelmap it wrote."""
+    postprocessing(item)
     written = sorted(Path(out_dir).rglob("*.nii.gz"))
     assert len(written) == 1, written
     labels_image = sitk.ReadImage(str(written[0]))

@@ -91,6 +91,16 @@ def test_bundle_matches_monais_own_run(tmp_path, name, image):
     assert ours.labelmap.GetSize() == sitk.ReadImage(str(path)).GetSize()
 
 
+def test_bundle_run_reports_progress_and_honours_cancel(tmp_path):
+    from SegmentLesionLib.errors import Cancelled
+
+    segmenter = Segmenter(make_bundle("spleen_ct_segmentation", tmp_path / "spleen"), "cpu")
+    seen = []
+    with pytest.raises(Cancelled):
+        segmenter.segment(ct_volume(), progress=lambda done, total, stage: seen.append((done, total, stage)), cancel=lambda: True)
+    assert seen == [(0, 1, "inference")]  # one 96^3 window batch covers this volume; cancelled before it ran
+
+
 def _brats_case(folder):
     """Four sequences on three different grids (T1c and T1 share one; T2 coarser and shifted; FLAIR oblique)."""
     grids = [

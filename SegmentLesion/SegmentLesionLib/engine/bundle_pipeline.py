@@ -7,9 +7,9 @@ objects (the bundle's transforms, inferer and post-processing, unchanged), and o
 host duties: ``LoadImaged`` is replaced by :class:`HostVolumesd`, which hands MONAI the volumes already read (with
 the affine and metadata MONAI's readers give), and writers (``SaveImaged``) were dropped by the parser.
 
-Besides the bundle's labelmap, the run keeps the foreground probability (taken right after the bundle's
-``Activationsd``, inverted with ``Invertd`` like the prediction) and, for region models, the per-channel masks
-just before the label-mapping lambda.
+Besides the bundle's labelmap, the run keeps the foreground probability (taken just before the prediction is made
+discrete, after the bundle's ``Activationsd``; inverted with ``Invertd`` when the bundle has not inverted it yet) and,
+for region models, the per-channel masks just before the label-mapping lambda.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from ..models.spec import ModelSpec
 
 PRED_KEY = "pred"  # the key MONAI's evaluators give the network output
 FOREGROUND_KEY = "segment_lesion_foreground"
+# Post-processing transforms after which the prediction holds labels or masks, no longer probabilities.
+DISCRETE_TRANSFORMS = frozenset(
+    {"AsDiscreted", "KeepLargestConnectedComponentd", "RemoveSmallObjectsd", "FillHolesd", "LabelFilterd", "Lambdad"}
+)
 
 NetworkFactory = Callable[[tuple[int, ...]], torch.nn.Module]  # model-grid spatial shape -> the network to call
 
@@ -189,20 +193,20 @@ class BundlePipeline:
         case.update(decollate_batch({key: inputs, PRED_KEY: pred.float()}, detach=True)[0])
         del batch, inputs, pred, data
 
+        # The foreground probability is taken as late as possible before the prediction is made discrete: after the
+        # bundle's own Invertd when it inverts probabilities (spleen, BraTS), so no second inversion is needed.
         foreground, regions = None, None
-        inverted = False
+        activated, inverted = False, False
         for component, transform in zip(self.post_components, self.postprocessing):
             if component.name == "Lambdad" and case[PRED_KEY].shape[0] > 1:
                 regions = (case[PRED_KEY] > 0, inverted)
-            if foreground is None and component.name == "AsDiscreted":  # no Activationsd before: activate the logits here
-                foreground = (self._foreground(case[PRED_KEY], activate=True), inverted)
+            if foreground is None and component.name in DISCRETE_TRANSFORMS:
+                foreground = (self._foreground(case[PRED_KEY], activate=not activated), inverted)
             case = apply_transform(transform, case)
-            if component.name == "Activationsd" and foreground is None:
-                foreground = (self._foreground(case[PRED_KEY], activate=False), inverted)
-            if component.name == "Invertd" and PRED_KEY in _keys(component):
-                inverted = True
+            activated = activated or component.name == "Activationsd"
+            inverted = inverted or (component.name == "Invertd" and PRED_KEY in _keys(component))
         if foreground is None:
-            foreground = (self._foreground(case[PRED_KEY], activate=True), inverted)
+            foreground = (self._foreground(case[PRED_KEY], activate=not activated), inverted)
 
         def on_input_grid(tensor: torch.Tensor, done: bool, nearest: bool) -> torch.Tensor:
             if done:

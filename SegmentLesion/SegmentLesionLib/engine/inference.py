@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -283,6 +283,9 @@ class Segmenter:
     ) -> SegmentationResult:
         """A Model Zoo bundle: its own pipeline gives the labelmap and the probability; lesions and report as usual."""
         spec = self.spec
+        if options.tta:
+            logger.warning("--tta does not apply to a Model Zoo bundle: its own pipeline runs as published")
+            options = replace(options, tta=False)
         expected = max(spec.in_channels, 1)
         if len(images) != expected:
             names = f" ({', '.join(spec.channel_names)})" if spec.channel_names else ""
