@@ -205,6 +205,53 @@ def test_unsafe_bundle_is_refused_before_anything_runs(tmp_path, case):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "expression, value",
+    [
+        ("$1 + 2 * 3", 7),
+        ("$[1.5] * 3", [1.5, 1.5, 1.5]),
+        ("$@bundle_root + '/models/' + 'model.pt'", "./models/model.pt"),
+        ("$@network_def#channels[1] // 2 if @image_key is not None else 0", 16),
+        ("$-@inferer#overlap", -0.5),
+        ("$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')", HOST_DEVICE),
+    ],
+)
+def test_allow_listed_expressions_are_worked_out_without_eval(expression, value):
+    from SegmentLesionLib.models.bundle_config import BundleParser
+
+    config = json.loads((ZOO / "spleen_ct_segmentation" / "configs" / "inference.json").read_text())
+    config["probe"] = expression
+    assert BundleParser(config, {}).resolve("probe") == value
+
+
+@pytest.mark.parametrize(
+    "expression, reason",
+    [
+        ("$'a' * 10**9", "Pow"),
+        ("$[0] * 100000", "result too long"),
+        ("$[x for x in [1]]", "ListComp is not allowed"),
+        ("$(lambda: 1)()", "call of 'a computed function'"),
+        ("$@image_key.upper()", "call of '@image_key.upper'"),
+        ("$f'{1}'", "JoinedStr is not allowed"),
+        ("$__builtins__", "name '__builtins__'"),
+        ("$1 if True else __import__('os')", "call of '__import__'"),
+        ("$" + "(" * 300 + "1" + ")" * 300, "not an allow-listed form"),
+        ("$import os", "import statement"),
+        ("$monai.transforms.SaveImaged(output_dir='/tmp')", "SaveImaged cannot be built in an expression"),
+        ("$@load_pretrain", "refers to 'load_pretrain', a section the host supplies itself"),
+        ("$@nothing#here", "the reference '@nothing#here' names nothing in the config"),
+    ],
+)
+def test_other_expressions_are_refused_with_the_reason(expression, reason):
+    from SegmentLesionLib.models.bundle_config import read_bundle_config
+
+    config = json.loads((ZOO / "spleen_ct_segmentation" / "configs" / "inference.json").read_text())
+    config["probe"] = expression
+    with pytest.raises(ModelError, match="refused") as error:
+        read_bundle_config(config, {})
+    assert reason in str(error.value)
+
+
 def test_unsafe_bundle_from_the_command_line_one_error_line_nothing_written(tmp_path):
     from monai.bundle import ConfigParser
 

@@ -280,7 +280,13 @@ def read_bundle_config(inference: dict[str, Any], metadata: dict[str, Any], sour
         ModelError: an expression, reference or ``_target_`` outside the allow-listed forms (quoted), or a
             config without ``network_def``, ``preprocessing`` (with ``LoadImaged``) or ``inferer``.
     """
-    parser = BundleParser(inference, metadata, source)
+    try:
+        return _read(BundleParser(inference, metadata, source), inference, source)
+    except RecursionError as exc:
+        raise ModelError(f"{source}: refused: the config is nested too deeply") from exc
+
+
+def _read(parser: BundleParser, inference: dict[str, Any], source: str) -> BundleConfig:
     for key in ("network_def", "preprocessing", "inferer"):
         if key not in inference:
             raise ModelError(f"{source}: no '{key}' (a Model Zoo inference config needs network_def, preprocessing and inferer)")

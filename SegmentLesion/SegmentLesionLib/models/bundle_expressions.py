@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 REFERENCE = re.compile(r"@[\w]*(?:(?:::|#)\w*)*")  # MONAI's reference syntax, ``#`` or ``::`` between parts
 _MAX_SEQUENCE = 10_000  # longest list or string an expression may build
+_MAX_EXPRESSION = 4_000  # longest expression read (the published bundles' longest is about 120 characters)
 # Writers: the host writes its own outputs, so these are dropped from the post-processing unread (and never built).
 WRITER_TRANSFORMS = frozenset({"SaveImaged", "SaveImage"})
 
@@ -87,6 +88,14 @@ class ExpressionReader:
         return self.parser.refuse(self.where, f"the expression {short(self.text)!r} is not an allow-listed form ({detail})")
 
     def value(self) -> Any:
+        if len(self.text) > _MAX_EXPRESSION:
+            raise self.refuse(f"longer than {_MAX_EXPRESSION} characters")
+        try:
+            return self._value()
+        except RecursionError as exc:
+            raise self.refuse("nested too deeply") from exc
+
+    def _value(self) -> Any:
         source = self.text[1:]
         refs = sorted(set(REFERENCE.findall(normalize_id(source))), key=len, reverse=True)
         source = normalize_id(source)
@@ -156,6 +165,10 @@ class ExpressionReader:
             if len(left) + len(right) > _MAX_SEQUENCE:
                 raise self.refuse("result too long")
             return left + right
+        if isinstance(op, ast.Mult) and isinstance(left, (str, list)) and isinstance(right, int) and not isinstance(right, bool):
+            if len(left) * max(right, 0) > _MAX_SEQUENCE:  # ``[0] * 10**9`` would exhaust memory
+                raise self.refuse("result too long")
+            return left * right
         raise self.refuse(f"{type(op).__name__} on {type(left).__name__} and {type(right).__name__}")
 
     def _BoolOp(self, node: ast.BoolOp) -> Any:
@@ -217,7 +230,10 @@ class ExpressionReader:
             if len(args) != len(node.keywords):
                 raise self.refuse("keyword unpacking")
             return self.parser.make_component(name, kind, args, self.where)
-        raise self.refuse(f"call of {dotted or 'a computed function'!r}")
+        shown = dotted
+        for placeholder, ref in self.names.items():
+            shown = shown.replace(placeholder, f"@{ref}") if shown else shown
+        raise self.refuse(f"call of {shown or 'a computed function'!r}")
 
     def _Lambda(self, node: ast.Lambda) -> RegionsToLabels:
         mapping = _regions_to_labels(node)
