@@ -468,8 +468,8 @@ def test_a_failing_model_shows_one_message(app, make_panel, logic, tmp_path):
     volume, _ = add_volume(logic.scene, tmp_path, "other")
     panel = make_panel()
     ui = panel.ui
-    panel.models.add_model_folder(str(broken))
-    assert panel.model_folder() == str(broken.resolve()) and panel.dialogs.messages == []
+    panel.select_model(str(broken))  # "Add model..." would refuse it (it loads the model once); a remembered folder can break
+    assert panel.model_folder() == str(broken) and panel.dialogs.messages == []
     ui.inputSelector.setCurrentNode(volume)
     before = node_ids(logic.scene)
     click(app, ui.segmentButton)
@@ -507,6 +507,46 @@ def test_a_volume_beyond_the_resource_guard_shows_one_message(app, make_panel, l
     assert prop(ui.statusLabel, "text") == "Segmentation failed: the scene is unchanged."
     assert prop(ui.segmentButton, "text") == "Segment" and node_ids(logic.scene) == before
     assert logic.worker.client.running
+
+
+def test_add_model_installs_a_model_zoo_zip_in_the_background(app, make_panel, tmp_path):
+    import json
+    import zipfile
+
+    from model_zoo_runs import make_bundle
+    from SegmentLesionLib.learning.registry import Registry
+
+    bundle = make_bundle("spleen_ct_segmentation", tmp_path / "zoo" / "spleen_ct_segmentation")
+    archive = tmp_path / "spleen_ct_segmentation_v0.5.9.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            zipped.write(path, path.relative_to(bundle.parent).as_posix())
+    panel = make_panel()
+    ui = panel.ui
+    panel.models.choose_folder = lambda title: str(archive)
+    click(app, ui.addModelFolderButton)
+    assert panel.models.busy and "Installing" in prop(ui.modelInfoLabel, "text")
+    run_until(app, lambda: not panel.models.busy, timeout=120)
+    assert panel.dialogs.messages == []
+    registry = Registry(panel.promotion.registry_path)
+    (entry,) = registry.entries()
+    installed = str(registry.folder(entry))
+    assert entry.name == "Spleen CT segmentation" and panel.model_folder() == installed
+    assert "labels: spleen" in prop(ui.modelInfoLabel, "text") and installed in panel.models.saved_model_folders()
+
+    # A bundle with a code payload: refused with one message quoting it, nothing registered, nothing run.
+    marker = tmp_path / "pwned"
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["cleanup"] = f"$__import__('os').system('touch {marker}')"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    archive.unlink()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            zipped.write(path, path.relative_to(bundle.parent).as_posix())
+    click(app, ui.addModelFolderButton)
+    run_until(app, lambda: not panel.models.busy, timeout=120)
+    assert len(panel.dialogs.messages) == 1 and config["cleanup"] in panel.dialogs.messages[0]
+    assert len(registry.entries()) == 1 and not marker.exists() and panel.model_folder() == installed
 
 
 # --- the files Slicer builds the module from -----------------------------------------------------------------

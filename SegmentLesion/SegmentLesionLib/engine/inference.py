@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,11 +20,12 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import Cancelled, InputError
-from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unusable_values
+from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unusable_values, same_geometry
 from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
 from . import brain_mask, postprocess, preprocess, resources
+from .bundle_pipeline import BundlePipeline
 from .precision import Precision, choose_precision
 
 logger = logging.getLogger("SegmentLesion")
@@ -96,6 +97,7 @@ class SegmentationResult:
         self._box_components = box_components
         self._make_probability = probability
         self._probability: sitk.Image | None = None
+        self.regions: np.ndarray | None = None  # bool (C, k, j, i): a Model Zoo region model's channels (may overlap)
 
     @property
     def probability(self) -> sitk.Image:
@@ -197,6 +199,9 @@ class Segmenter:
             logger.warning("%s", chosen.note)
         return chosen
 
+        # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
+        self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
+
     def segment_file(
         self,
         path: str | os.PathLike,
@@ -238,7 +243,7 @@ class Segmenter:
 
     def segment(
         self,
-        image: sitk.Image,
+        image: sitk.Image | list[sitk.Image],
         options: SegmentOptions | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
@@ -246,11 +251,16 @@ class Segmenter:
     ) -> SegmentationResult:
         """Segment a 3D volume; every output is on ``image``'s grid.
 
+        A model with several input channels takes a list of volumes, in the model's channel order, all on the
+        first one's grid (Model Zoo bundles so far).
+
         Raises:
             InputError: no usable voxel, or a model grid beyond the limit (see ``check_resources``).
             Cancelled: ``cancel()`` returned True between two window batches.
         """
         options = options or SegmentOptions()
+        if self.bundle is not None:
+            return self._segment_bundle(image if isinstance(image, list) else [image], options, progress, cancel, name)
         spec = self.spec
         precision = self.precision if options.precision in (None, self.requested_precision) else self.choose_precision(options.precision)
         stages = _Stages()
@@ -343,7 +353,27 @@ class Segmenter:
             stages.lap("to_input_grid_s")
         labelmap = reference.apply_to(sitk.GetImageFromArray(labelmap_array))
         del labelmap_array
-        report = LesionReport(
+        report = self._report(lesions, reference, options, precision, threshold, min_mm3, fill)
+        stages.lap("lesions_s")
+
+        def full_probability() -> sitk.Image:
+            full = self._to_reference(model_probability, reference, exact, sitk.sitkLinear)
+            return full if restrict is None else sitk.Mask(full, restrict)
+
+        return SegmentationResult(labelmap, report, box, box_components, full_probability)
+
+    def _report(
+        self,
+        lesions: list[Lesion],
+        reference: preprocess.Grid,
+        options: SegmentOptions,
+        precision: Precision,
+        threshold: float,
+        min_mm3: float,
+        fill: bool,
+    ) -> LesionReport:
+        spec = self.spec
+        return LesionReport(
             lesions=lesions,
             model={**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
             input_size=list(reference.size),
@@ -358,13 +388,79 @@ class Segmenter:
                 "brain_mask": self._brain_mask_choice(options),
             },
         )
-        stages.lap("lesions_s")
 
-        def full_probability() -> sitk.Image:
-            full = self._to_reference(model_probability, reference, exact, sitk.sitkLinear)
-            return full if restrict is None else sitk.Mask(full, restrict)
+    def _lesions(
+        self,
+        probability: sitk.Image,
+        classes: np.ndarray | None,
+        reference: preprocess.Grid,
+        options: SegmentOptions,
+        mask: np.ndarray | None = None,
+    ) -> SegmentationResult:
+        """Lesions (connected components) and their report from a probability on the whole input grid (bundles).
 
-        return SegmentationResult(labelmap, report, box, box_components, full_probability)
+        ``mask`` (a bundle's own labelmap) replaces thresholding the probability.
+        """
+        spec = self.spec
+        prob_array = sitk.GetArrayViewFromImage(probability)
+        threshold = spec.threshold if options.threshold is None else options.threshold
+        min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
+        fill = spec.fill_holes if options.fill_holes is None else options.fill_holes
+        found = postprocess.find_lesions(
+            prob_array if mask is None else (mask > 0).astype(np.float32),
+            reference.spacing,
+            threshold=threshold,
+            min_lesion_mm3=min_mm3,
+            fill_holes=fill,
+            classes=classes,
+            label_value=spec.labels[0].value,
+        )
+        labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
+        lesions = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(labelmap), prob_array, found.labelmap)
+        report = self._report(lesions, reference, options, self.precision, threshold, min_mm3, fill)
+        box = tuple(slice(0, int(n)) for n in reversed(reference.size))
+        return SegmentationResult(labelmap, report, box, found.components, lambda: probability)
+
+    def _segment_bundle(
+        self, images: list[sitk.Image], options: SegmentOptions, progress: ProgressCallback | None, cancel: CancelCheck | None, name: str
+    ) -> SegmentationResult:
+        """A Model Zoo bundle: its own pipeline gives the labelmap and the probability; lesions and report as usual."""
+        spec = self.spec
+        if options.tta:
+            logger.warning("--tta does not apply to a Model Zoo bundle: its own pipeline runs as published")
+            options = replace(options, tta=False)
+        expected = max(spec.in_channels, 1)
+        if len(images) != expected:
+            names = f" ({', '.join(spec.channel_names)})" if spec.channel_names else ""
+            raise InputError(f"{name}: the model {spec.name} takes {expected} input volume(s){names}; {len(images)} given")
+        reference = preprocess.Grid.of(images[0])
+        for index, image in enumerate(images[1:], start=1):
+            if not same_geometry(images[0], image):
+                raise InputError(f"{name}: input {index + 1} is not on the first input's grid (resample it onto the first one)")
+        self.check_resources(reference, options, name)
+        images = [replace_unusable_values(image, name) for image in images]
+        start = time.perf_counter()
+
+        def network_for(shape: tuple[int, ...]) -> torch.nn.Module:
+            total = count_window_batches(shape, tuple(spec.patch_size), spec.overlap, spec.sw_batch_size) if len(shape) == 3 else 1
+            wrapped = _ProgressNetwork(self.network, total, progress, cancel)
+            if progress is not None:
+                progress(0, wrapped.total, "inference")
+            return wrapped
+
+        output = self.bundle.run(images, network_for, name)
+        inference_s = time.perf_counter() - start
+        start = time.perf_counter()
+        restrict = self._brain_mask(images[0], options)
+        if restrict is not None:
+            inside = sitk.GetArrayViewFromImage(restrict) > 0
+            output.labels[~inside] = 0
+            output.probability[~inside] = 0.0
+        probability = reference.apply_to(sitk.GetImageFromArray(output.probability))
+        result = self._lesions(probability, output.labels, reference, options, mask=output.labels)
+        result.regions = output.regions
+        result.timings = {"inference_s": inference_s, "postprocess_s": time.perf_counter() - start}
+        return result
 
     def _brain_mask_choice(self, options: SegmentOptions) -> str:
         return options.brain_mask or self.spec.brain_mask or "none"
