@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import run_cli, wait_for, write_cohort_cases
+from conftest import make_model, run_cli, wait_for, write_cohort_cases
+from SegmentLesionLib.cli import main
 from SegmentLesionLib.errors import InputError
 from SegmentLesionLib.io.files import sha256_file
 from SegmentLesionLib.runtime.cohort.manifest import CaseInput, CohortCase, model_channels, parse_shard, read_manifest
@@ -123,13 +124,14 @@ def cohort_folder(tmp_path_factory) -> Path:
 
 def test_outputs_byte_identical_to_segment(blob_model, cohort_folder, tmp_path):
     # Two local worker processes for the cohort; `segment FOLDER` in one process: the same bytes.
+    # `segment FOLDER` and the cohort in this process, and the cohort in two local worker processes: the same bytes.
     segmented = {".seg.nrrd": tmp_path / "segment_seg", ".nii.gz": tmp_path / "segment_nii"}
     for fmt, folder in segmented.items():
-        run_cli("segment", cohort_folder, "-o", folder, "--model", blob_model, "--format", fmt, check_exit=0)
+        assert main(["segment", str(cohort_folder), "-o", str(folder), "--model", str(blob_model), "--format", fmt]) == 0
     cohort = tmp_path / "cohort"
     result = run_cli("cohort", cohort_folder, "-o", cohort, "--model", blob_model, "--workers", "2", check_exit=0)
     assert "6 segmented, 0 already done, 0 failed" in result.stdout and "2 local worker processes" in result.stdout
-    run_cli("cohort", cohort_folder, "-o", tmp_path / "cohort_nii", "--model", blob_model, "--format", ".nii.gz", check_exit=0)
+    assert main(["cohort", str(cohort_folder), "-o", str(tmp_path / "cohort_nii"), "--model", str(blob_model), "--format", ".nii.gz"]) == 0
     pids = set()
     for index in range(6):
         case = f"case_{index:03d}"
@@ -199,17 +201,59 @@ def test_bad_cases_are_recorded_and_the_run_goes_on(blob_model, cohort_folder, t
     assert not temporaries(out)
 
     # Without --resume the folder's results are never replaced; with it, only the failed cases run again.
+    def again(resume: bool, **settings):
+        request = CohortRequest(manifest, out, blob_model, CohortSettings(**{"max_voxels": 30000, **settings}), resume=resume)
+        summary = run_cohort(request, io.StringIO())
+        return summary.segmented, summary.skipped, summary.failed
+
     ok_records = {case: (out / "records" / f"{case}.json").read_bytes() for case in ("case_000", "case_001", "empty")}
-    refused = run_cli("cohort", manifest, "-o", out, "--model", blob_model, "--max-voxels", "30000", check_exit=1)
-    assert "already have results there" in refused.stderr and "--resume" in refused.stderr
+    with pytest.raises(InputError, match="7 case.s. of this run already have results there .* add --resume"):
+        again(resume=False)
     (scans / "missing.nii.gz").write_bytes((cohort_folder / "case_002.nii.gz").read_bytes())
-    resumed = run_cli("cohort", manifest, "-o", out, "--model", blob_model, "--max-voxels", "30000", "--resume", check_exit=1)
-    assert "1 segmented, 3 already done, 3 failed" in resumed.stdout
+    assert again(resume=True) == (1, 3, 3)
     assert {case: (out / "records" / f"{case}.json").read_bytes() for case in ok_records} == ok_records
     assert read_table(out / "cohort.csv")["missing"]["status"] == "ok"
-    # New settings: no record matches, every case runs again.
-    changed = run_cli("cohort", manifest, "-o", out, "--model", blob_model, "--max-voxels", "100000", "--threshold", "0.6", "--resume")
-    assert changed.returncode == 1 and "5 segmented, 0 already done, 2 failed" in changed.stdout  # the corrupt and 2D ones
+    # New settings: no record matches, every case runs again (the corrupt and the 2D ones fail again).
+    assert again(resume=True, max_voxels=100000, threshold=0.6) == (5, 0, 2)
+
+
+def test_resume_redoes_cases_whose_inputs_or_outputs_changed(blob_model, cohort_folder, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("case_000.nii.gz", "case_001.nii.gz", "case_002.nii.gz"):
+        (scans / name).write_bytes((cohort_folder / name).read_bytes())
+    out = tmp_path / "out"
+
+    def run(resume: bool = True):
+        summary = run_cohort(CohortRequest(scans, out, blob_model, CohortSettings(device="cpu"), resume=resume), io.StringIO())
+        return summary.segmented, summary.skipped, summary.failed
+
+    assert run(resume=False) == (3, 0, 0)
+    assert run() == (0, 3, 0)
+    stat = (scans / "case_000.nii.gz").stat()
+    os.utime(scans / "case_000.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # an input replaced
+    (out / "cases" / "case_001.seg.nrrd").write_bytes(b"damaged")  # an output damaged since
+    (out / "cases" / "case_002.lesions.json").unlink()  # an output removed since
+    assert run() == (3, 0, 0)
+    assert run() == (0, 3, 0)
+
+
+def test_runs_refused_before_any_work(blob_model, cohort_folder, tmp_path):
+    def plan(**changes):
+        request = {"manifest": cohort_folder, "output": tmp_path / "out", "model_dir": blob_model, **changes}
+        return run_cohort(CohortRequest(**request), io.StringIO())
+
+    with pytest.raises(InputError, match="--workers 0: give 1 or more"):
+        plan(workers=0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="not a folder"):
+        plan(output=tmp_path / "file")
+    with pytest.raises(InputError, match="--format .mha"):
+        plan(settings=CohortSettings(format=".mha"))
+    two_channels = make_model(tmp_path / "two", in_channels=2)
+    with pytest.raises(InputError, match="takes 2 input channels"):
+        plan(model_dir=two_channels)
+    assert not (tmp_path / "out").exists()
 
 
 def test_shards_share_one_output_folder(blob_model, cohort_folder, tmp_path):
@@ -240,6 +284,7 @@ def _start_cohort(args: list, env: dict | None = None) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_redoes_only_unfinished_cases(blob_model, tmp_path):
     scans = tmp_path / "scans"
     write_cohort_cases(scans, 10, shape=(40, 40, 40))
@@ -282,6 +327,7 @@ def _pool_workers(parent: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads process children from /proc (Linux)")
 def test_a_lost_worker_process_is_replaced_and_its_cases_retried(blob_model, cohort_folder, tmp_path):
     out = tmp_path / "out"

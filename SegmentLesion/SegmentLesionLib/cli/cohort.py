@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="persistent segmenters, each loading the model once (default: 1; with --ray: one per GPU of the cluster, else one per CPU)",
     )
     cohort.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="CPU threads per worker (default: this machine's cores shared out; with --ray, the CPUs each actor reserves)",
+    )
+    cohort.add_argument(
         "--ray",
         metavar="ADDRESS|local",
         help="run on Ray (pip install 'SegmentLesionLib[cohort]'): 'local' starts Ray on this machine, an address joins a cluster",
@@ -78,6 +84,7 @@ def run_cohort_command(args: argparse.Namespace) -> int:
         model_dir=Path(args.model) if args.model else None,
         settings=settings,
         workers=args.workers,
+        threads=args.threads,
         ray=args.ray,
         shard=parse_shard(args.shard) if args.shard else None,
         resume=args.resume,

@@ -161,8 +161,8 @@ class CohortWorker:
             raise InputError(f"the model's weights changed during the run ({task.model.folder}); start the run again")
         settings = task.settings
         options = SegmentOptions(settings.threshold, settings.min_lesion_mm3, settings.fill_holes, settings.tta, settings.max_voxels)
-        if len(task.case.inputs) != 1:
-            raise InputError(f"{spec.name} takes {len(task.case.inputs)} input channels: this engine segments one-channel models only")
+        if len(task.case.inputs) != 1:  # refused when the run is planned; here for callers of the worker itself
+            raise InputError(f"{spec.name} takes {len(task.case.inputs)} input channels: the engine segments one-channel models only")
         result = self.segmenter.segment_file(task.case.inputs[0].path, options)
         segmented = time.perf_counter()
         outputs = task.layout.outputs(task.case.case_id)
@@ -191,17 +191,18 @@ class CohortWorker:
         from ...engine import preprocess
 
         spec = self.segmenter.spec
-        labels = sitk.GetArrayViewFromImage(result.labelmap)
-        spacing = result.labelmap.GetSpacing()
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        counts = np.bincount(labels.ravel(), minlength=max(label.value for label in spec.labels) + 1)
         lesions = result.lesions
         largest = max(lesions, key=lambda lesion: lesion.volume_ml) if lesions else None
+        by_label = {label.name: 0.0 for label in spec.labels}
+        for lesion in lesions:  # a lesion without a label is of the model's one label
+            name = spec.label(lesion.label).name if lesion.label is not None else spec.labels[0].name
+            by_label[name] += lesion.volume_ml
+        labels = sitk.GetArrayViewFromImage(result.labelmap)
         _, exact = preprocess.model_grid(preprocess.Grid.of(result.labelmap), spec.orientation, spec.spacing)
         return CaseMeasurements(
             lesion_count=len(lesions),
             total_volume_ml=result.report.total_volume_ml,
-            volume_ml_by_label={label.name: round(float(counts[label.value]) * voxel_ml, 6) for label in spec.labels},
+            volume_ml_by_label={name: round(volume, 6) for name, volume in by_label.items()},
             largest_lesion_ml=None if largest is None else largest.volume_ml,
             largest_lesion_diameter_mm=None if largest is None else largest.max_diameter_mm,
             burden_fraction=round(float(np.count_nonzero(labels)) / max(labels.size, 1), 6),

@@ -40,12 +40,12 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
 class InProcessExecutor:
     """One model loaded in this process; cases one after the other."""
 
-    def __init__(self, model_dir: str, device: str) -> None:
-        self.model_dir, self.device = model_dir, device
-        self.description = "1 worker (this process)"
+    def __init__(self, model_dir: str, device: str, threads: int | None = None) -> None:
+        self.model_dir, self.device, self.threads = model_dir, device, threads
+        self.description = "1 worker (this process" + (f", {threads} thread(s))" if threads else ")")
 
     def run(self, tasks: Sequence[CaseTask], on_record: RecordCallback) -> None:
-        worker = CohortWorker(self.model_dir, self.device)
+        worker = CohortWorker(self.model_dir, self.device, self.threads)
         for task in tasks:
             on_record(worker.run(task))
 
@@ -79,9 +79,9 @@ class ProcessExecutor:
     At most ``workers`` cases are in flight, so the cases lost with a dying worker are known.
     """
 
-    def __init__(self, model_dir: str, device: str, workers: int) -> None:
+    def __init__(self, model_dir: str, device: str, workers: int, threads: int | None = None) -> None:
         self.model_dir, self.device, self.workers = model_dir, device, workers
-        self.threads = threads_per_worker(workers)
+        self.threads = threads or threads_per_worker(workers)
         self.description = f"{workers} local worker processes ({self.threads} thread(s) each)"
 
     def run(self, tasks: Sequence[CaseTask], on_record: RecordCallback) -> None:

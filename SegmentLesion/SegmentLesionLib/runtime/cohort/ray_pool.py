@@ -24,10 +24,19 @@ logger = logging.getLogger("SegmentLesion")
 MAX_RESTARTS = 2
 MAX_TASK_RETRIES = 2
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # records and tasks are small: no need for Ray's default (30% of memory)
+# Ray's switch for "this node cannot join a cluster": its node address is then the loopback one (ray_constants).
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a clear error when the optional extra is not installed."""
+def import_ray(local: bool = False) -> Any:
+    """The ``ray`` module, or a clear error when the optional extra is not installed.
+
+    ``local``: a single-machine Ray instance is to be started; it then listens on the loopback address only
+    (Ray otherwise binds this machine's network address, open to its network). Ray reads that setting when it
+    is first imported.
+    """
+    if local:
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
     try:
         import ray
     except ImportError as exc:
@@ -64,14 +73,15 @@ class RayExecutor:
         device: ``auto``, ``cpu`` or ``cuda``.
         address: ``local`` or a cluster's address (``ray://host:10001``, ``host:6379``, ``auto``).
         workers: the number of actors (None: the default above).
+        threads: the CPUs (and torch threads) of each CPU actor (None: the cluster's CPUs shared out).
     """
 
-    def __init__(self, model_dir: str, device: str, address: str, workers: int | None = None) -> None:
-        self.model_dir, self.device, self.address, self.workers = model_dir, device, address, workers
+    def __init__(self, model_dir: str, device: str, address: str, workers: int | None = None, threads: int | None = None) -> None:
+        self.model_dir, self.device, self.address, self.workers, self.threads = model_dir, device, address, workers, threads
         self.description = f"Ray ({address})"
 
     def run(self, tasks: Sequence[CaseTask], on_record: RecordCallback) -> None:
-        ray = import_ray()
+        ray = import_ray(local=self.address == "local")
         started_here = self._connect(ray)
         actors: list[Any] = []
         try:
@@ -114,14 +124,19 @@ class RayExecutor:
         if self.device == "cuda" and not gpus:
             raise InputError("--device cuda: the Ray cluster has no GPU (use --device auto or cpu)")
         use_gpus = gpus > 0 and self.device != "cpu"
-        count = self.workers or (gpus if use_gpus else max(1, int(cpus)))
+        count = self.workers or (gpus if use_gpus else max(1, int(cpus // (self.threads or 1))))
         count = max(1, min(count, cases))
         options: dict[str, Any] = {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
+        # Actors the cluster cannot place would wait for resources for ever (the run would hang at start-up).
+        if use_gpus and count > gpus:
+            raise InputError(f"--workers {count}: the Ray cluster has {gpus} GPU(s), one per worker")
+        if not use_gpus and self.threads and count * self.threads > cpus:
+            raise InputError(f"--workers {count} x --threads {self.threads}: the Ray cluster has {cpus:g} CPU(s)")
         if use_gpus:
             # Ray sets CUDA_VISIBLE_DEVICES for each actor: its "auto" device is its own GPU.
             return ray.remote(SegmenterActor).options(num_gpus=1, num_cpus=1, **options), count, None
         largest_node = max((float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")), default=cpus)
-        share = min(largest_node, cpus / count)
+        share = float(self.threads) if self.threads else min(largest_node, cpus / count)
         per_actor = float(int(share)) if share >= 1 else share  # fractional when there are more actors than CPUs
         return ray.remote(SegmenterActor).options(num_cpus=per_actor, **options), count, max(1, int(per_actor))
 

@@ -41,6 +41,7 @@ class CohortRequest:
     model_dir: Optional[Path] = None
     settings: CohortSettings = field(default_factory=CohortSettings)
     workers: Optional[int] = None
+    threads: Optional[int] = None  # CPU threads per worker (None: the cores shared out; in this process, torch's default)
     ray: Optional[str] = None
     shard: Optional[Shard] = None
     resume: bool = False
@@ -78,12 +79,15 @@ def plan_tasks(request: CohortRequest) -> tuple[list[CaseTask], list[CaseTask], 
     settings = request.settings
     if settings.format not in COHORT_FORMATS:
         raise InputError(f"--format {settings.format}: use one of {', '.join(COHORT_FORMATS)}")
-    if request.workers is not None and request.workers < 1:
-        raise InputError(f"--workers {request.workers}: give 1 or more")
+    for option, value in (("--workers", request.workers), ("--threads", request.threads)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} {value}: give 1 or more")
     if request.output.exists() and not request.output.is_dir():
         raise InputError(f"{request.output}: not a folder (the cohort's output is a folder)")
     model_dir = Path(request.model_dir) if request.model_dir else default_model_dir()
     spec = load_spec(model_dir)
+    if spec.in_channels > 1:
+        raise InputError(f"{spec.name} takes {spec.in_channels} input channels: the engine segments one-channel models only")
     model = model_identity(model_dir)
     cases = read_manifest(request.manifest, model_channels(spec.in_channels), exclude=request.output)
     layout = CohortLayout(request.output, settings.format)
@@ -124,10 +128,12 @@ def make_executor(request: CohortRequest, model_dir: str, cases: int) -> Executo
     if request.ray:
         from .ray_pool import RayExecutor, import_ray
 
-        import_ray()  # fail before anything runs when the extra is missing
-        return RayExecutor(model_dir, device, request.ray, request.workers)
+        import_ray(local=request.ray == "local")  # fail before anything runs when the extra is missing
+        return RayExecutor(model_dir, device, request.ray, request.workers, request.threads)
     workers = min(request.workers or 1, max(cases, 1))
-    return ProcessExecutor(model_dir, device, workers) if workers > 1 else InProcessExecutor(model_dir, device)
+    if workers > 1:
+        return ProcessExecutor(model_dir, device, workers, request.threads)
+    return InProcessExecutor(model_dir, device, request.threads)
 
 
 def run_cohort(request: CohortRequest, progress_stream: Optional[TextIO] = None) -> CohortSummary:
