@@ -18,8 +18,8 @@ $(DEMO_STAMP): pyproject.toml Makefile
 
 $(TEST_STAMP): $(DEMO_STAMP)
 	$(PIP) -e '.[demo,test]'
-	# nnU-Net only for its dataset checker; --no-deps keeps torch 2.13.0 (and pip's resolver quiet)
-	$(PIP) --no-deps nnunetv2 acvl-utils batchgenerators
+	# nnU-Net only for its dataset checker, deepbet for its brain-extraction networks (engine/brain_mask.py); --no-deps keeps torch 2.13.0
+	$(PIP) --no-deps nnunetv2 acvl-utils batchgenerators deepbet==1.0.2
 	touch $(TEST_STAMP)
 
 demo: $(DEMO_STAMP)

@@ -21,6 +21,11 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fill-holes", action="store_true", help="keep cavities inside lesions")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, smoother)")
     parser.add_argument("--max-voxels", type=int, metavar="N", help="largest model grid to run (default: the model's, else 2^28 voxels)")
+    parser.add_argument(
+        "--brain-mask",
+        choices=("none", "deepbet"),
+        help="keep lesions inside a brain mask from deepbet's pretrained network (pip install --no-deps deepbet); default: the model's",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +103,9 @@ def run_segment(args: argparse.Namespace) -> int:
             if path.exists() and not args.overwrite:
                 raise InputError(f"{path}: already exists (use --overwrite to replace it)")
     segmenter = Segmenter(args.model, args.device)
-    options = SegmentOptions(args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels)
+    options = SegmentOptions(
+        args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels, args.brain_mask
+    )
     failures = 0
     for index, (case, output) in enumerate(zip(cases, outputs)):
         prefix = f"[{index + 1}/{len(cases)}] {case.name}"

@@ -24,7 +24,7 @@ from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unu
 from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
-from . import postprocess, preprocess, resources
+from . import brain_mask, postprocess, preprocess, resources
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -59,6 +59,7 @@ class SegmentOptions:
     fill_holes: bool | None = None
     tta: bool = False
     max_voxels: int | None = None  # the model grid's voxel limit (None: the model's ``max_voxels``, else the default)
+    brain_mask: str | None = None  # "deepbet" or "none" (None: the model's ``brain_mask``); see engine/brain_mask.py
 
 
 @dataclass
@@ -178,6 +179,9 @@ class Segmenter:
         reference = preprocess.Grid.of(image)
         self.check_resources(reference, options, name)
         image = replace_unusable_values(image, name)
+        start_mask = time.perf_counter()
+        restrict = self._brain_mask(image, options)
+        restrict_s = time.perf_counter() - start_mask
         grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
         model_image = preprocess.to_model_grid(image, grid, exact)
         data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
@@ -194,8 +198,10 @@ class Segmenter:
         start = time.perf_counter()
         if progress is not None:
             progress(1, 1, "post-processing")
-        result = self._postprocess(fg_xyz, classes_xyz, grid, reference, exact, options)
+        result = self._postprocess(fg_xyz, classes_xyz, grid, reference, exact, options, restrict)
         timings["postprocess_s"] = time.perf_counter() - start
+        if restrict is not None:
+            timings["brain_mask_s"] = restrict_s
         result.timings = timings
         return result
 
@@ -207,10 +213,13 @@ class Segmenter:
         reference: preprocess.Grid,
         exact: bool,
         options: SegmentOptions,
+        restrict: sitk.Image | None = None,
     ) -> SegmentationResult:
-        """Probabilities back on the input's grid, then lesions and their report."""
+        """Probabilities back on the input's grid (0 outside ``restrict`` when given), then lesions and their report."""
         spec = self.spec
         probability = self._to_reference(preprocess.image_from_xyz(fg_xyz, grid), reference, exact, sitk.sitkLinear)
+        if restrict is not None:
+            probability = sitk.Mask(probability, restrict)
         classes = None
         if classes_xyz is not None:
             class_image = self._to_reference(preprocess.image_from_xyz(classes_xyz, grid), reference, exact, sitk.sitkNearestNeighbor)
@@ -241,9 +250,20 @@ class Segmenter:
                 "fill_holes": fill,
                 "tta": options.tta,
                 "device": str(self.device),
+                "brain_mask": self._brain_mask_choice(options),
             },
         )
         return SegmentationResult(labelmap, probability, found.components, report)
+
+    def _brain_mask_choice(self, options: SegmentOptions) -> str:
+        return options.brain_mask or self.spec.brain_mask or "none"
+
+    def _brain_mask(self, image: sitk.Image, options: SegmentOptions) -> sitk.Image | None:
+        """The brain mask on the input's grid when the model or the request asks for one (engine/brain_mask.py)."""
+        choice = self._brain_mask_choice(options)
+        if choice == "none":
+            return None
+        return brain_mask.brain_mask(image)
 
     @staticmethod
     def _to_reference(image: sitk.Image, reference: preprocess.Grid, exact: bool, interpolator: int) -> sitk.Image:

@@ -104,6 +104,7 @@ class ModelSpec:
     min_lesion_mm3: float = 10.0
     fill_holes: bool = True
     max_voxels: int | None = None  # the model grid's voxel limit (None: the engine's default, 2^28)
+    brain_mask: str | None = None  # "deepbet": lesions only inside deepbet's brain mask (engine/brain_mask.py)
     modality: str = "MR"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -257,6 +258,8 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: intensity mode must be one of zscore, window, minmax, none")
     if spec.intensity.get("foreground") not in (None, "mean", "head"):
         raise ModelError(f"{where}: intensity foreground must be 'head' (a head mask) or 'mean' (voxels above the mean)")
+    if spec.brain_mask not in (None, "none", "deepbet"):
+        raise ModelError(f"{where}: brain_mask must be 'deepbet', 'none' or null")
     if spec.max_voxels is not None and (isinstance(spec.max_voxels, bool) or not isinstance(spec.max_voxels, int) or spec.max_voxels < 1):
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
 
