@@ -75,6 +75,7 @@ def run_cohort_command(args: argparse.Namespace) -> int:
         fill_holes=False if args.no_fill_holes else None,
         tta=args.tta,
         max_voxels=args.max_voxels,
+        brain_mask=args.brain_mask,
         format=args.format,
         device=args.device,
     )

@@ -160,7 +160,14 @@ class CohortWorker:
         if spec.weights_sha256 != task.model.sha256:
             raise InputError(f"the model's weights changed during the run ({task.model.folder}); start the run again")
         settings = task.settings
-        options = SegmentOptions(settings.threshold, settings.min_lesion_mm3, settings.fill_holes, settings.tta, settings.max_voxels)
+        options = SegmentOptions(
+            threshold=settings.threshold,
+            min_lesion_mm3=settings.min_lesion_mm3,
+            fill_holes=settings.fill_holes,
+            tta=settings.tta,
+            max_voxels=settings.max_voxels,
+            brain_mask=settings.brain_mask,
+        )
         if len(task.case.inputs) != 1:  # refused when the run is planned; here for callers of the worker itself
             raise InputError(f"{spec.name} takes {len(task.case.inputs)} input channels: the engine segments one-channel models only")
         result = self.segmenter.segment_file(task.case.inputs[0].path, options)

@@ -101,7 +101,7 @@ def read_manifest(path: str | os.PathLike, channels: Sequence[str], exclude: str
             cell, a case id that cannot name files, or two cases with the same id. A path that does not exist is
             not refused here: that case fails on its own when it is segmented, and the others go on.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # workers elsewhere (Ray actors) have another working directory
     if path.is_dir():
         cases = _cases_of_folder(path, channels, Path(exclude).resolve() if exclude else None)
     elif path.is_file():

@@ -76,6 +76,7 @@ class CohortSettings:
     fill_holes: bool | None = None
     tta: bool = False
     max_voxels: int | None = None
+    brain_mask: str | None = None
     format: str = ".seg.nrrd"
     device: str = "auto"
 

@@ -8,7 +8,6 @@ and the others are segmented again, their earlier files replaced).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +83,13 @@ def plan_tasks(request: CohortRequest) -> tuple[list[CaseTask], list[CaseTask], 
             raise InputError(f"{option} {value}: give 1 or more")
     if request.output.exists() and not request.output.is_dir():
         raise InputError(f"{request.output}: not a folder (the cohort's output is a folder)")
-    model_dir = Path(request.model_dir) if request.model_dir else default_model_dir()
+    model_dir = (Path(request.model_dir) if request.model_dir else default_model_dir()).absolute()
     spec = load_spec(model_dir)
     if spec.in_channels > 1:
         raise InputError(f"{spec.name} takes {spec.in_channels} input channels: the engine segments one-channel models only")
     model = model_identity(model_dir)
     cases = read_manifest(request.manifest, model_channels(spec.in_channels), exclude=request.output)
-    layout = CohortLayout(request.output, settings.format)
+    layout = CohortLayout(request.output.absolute(), settings.format)  # absolute: workers have their own working directory
     every = [CaseTask(case, CaseKey.of(case, model, settings), model, settings, layout) for case in cases]
     selected_ids = {case.case_id for case in (request.shard.select(cases) if request.shard else cases)}
     return every, [task for task in every if task.case.case_id in selected_ids], [label.name for label in spec.labels]
@@ -146,7 +145,7 @@ def run_cohort(request: CohortRequest, progress_stream: Optional[TextIO] = None)
     every, selected, label_names = plan_tasks(request)
     todo, done = split_done(selected, request.resume)
     summary = CohortSummary(len(every), len(selected), len(done))
-    model_dir = str(Path(request.model_dir) if request.model_dir else default_model_dir())
+    model_dir = every[0].model.folder
     executor = make_executor(request, model_dir, len(todo))
     progress = CohortProgress(len(selected), len(done), progress_stream)
 
@@ -163,6 +162,7 @@ def run_cohort(request: CohortRequest, progress_stream: Optional[TextIO] = None)
     finally:
         summary.backend = executor.description
         summary.seconds = time.perf_counter() - start
-        os.makedirs(request.output, exist_ok=True)
-        summary.tables = write_table(CohortLayout(request.output, request.settings.format), every, label_names)
+        layout = every[0].layout  # a manifest holds one case at least
+        layout.root.mkdir(parents=True, exist_ok=True)
+        summary.tables = write_table(layout, every, label_names)
     return summary

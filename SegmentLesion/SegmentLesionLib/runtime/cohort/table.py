@@ -22,7 +22,7 @@ from .case import CaseTask, CohortLayout
 from .records import CaseRecord, CaseStatus, read_record
 
 LARGE_BURDEN_FRACTION = 0.2
-TIMING_COLUMNS = ("total_s", "segment_s", "preprocess_s", "inference_s", "postprocess_s", "write_s")
+TIMING_COLUMNS = ("total_s", "segment_s", "preprocess_s", "inference_s", "postprocess_s", "brain_mask_s", "write_s")
 TABLE_LOCK_TIMEOUT_S = 300.0
 
 
