@@ -76,6 +76,7 @@ def run_cohort_command(args: argparse.Namespace) -> int:
         tta=args.tta,
         max_voxels=args.max_voxels,
         brain_mask=args.brain_mask,
+        precision=args.precision,
         format=args.format,
         device=args.device,
     )

@@ -106,29 +106,35 @@ def clear_case(task: CaseTask) -> None:
             stale.unlink(missing_ok=True)
 
 
-class CohortWorker:
-    """A loaded model that segments cohort cases.
+@dataclass(frozen=True)
+class WorkerSetup:
+    """How each worker loads its model: the folder, ``auto``/``cpu``/``cuda``, ``auto``/``fp32``/``bf16``, and its
+    CPU threads for torch and ITK (None: their defaults; workers sharing a machine split its cores)."""
 
-    Args:
-        model_dir: the model folder.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch and ITK (None: their defaults); workers sharing a machine split its cores.
+    model_dir: str
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+
+
+class CohortWorker:
+    """A loaded model that segments cohort cases (``segment``'s ``Segmenter``, made the same way).
 
     Raises:
         SegmentLesionError: the model cannot be loaded.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
-        if threads:
+    def __init__(self, setup: WorkerSetup) -> None:
+        if setup.threads:
             import SimpleITK as sitk
             import torch
 
-            torch.set_num_threads(threads)
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            torch.set_num_threads(setup.threads)
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(setup.threads)
         from ...engine.inference import Segmenter
 
-        self.segmenter = Segmenter(model_dir, device)
-        self.info = WorkerInfo(socket.gethostname(), os.getpid(), str(self.segmenter.device))
+        self.segmenter = Segmenter(setup.model_dir, setup.device, setup.precision)
+        self.info = WorkerInfo(socket.gethostname(), os.getpid(), str(self.segmenter.device), self.segmenter.precision.name)
 
     def run(self, task: CaseTask) -> CaseRecord:
         """Segment one case, write its outputs and then its record; a failure is recorded, not raised.

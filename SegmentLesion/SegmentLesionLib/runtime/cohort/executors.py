@@ -12,10 +12,11 @@ import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Callable, Optional, Protocol, Sequence
 
 from ...errors import SegmentLesionError
-from .case import CaseTask, CohortWorker, failed_record, write_record
+from .case import CaseTask, CohortWorker, WorkerSetup, failed_record, write_record
 from .records import CaseRecord
 
 logger = logging.getLogger("SegmentLesion")
@@ -40,12 +41,12 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
 class InProcessExecutor:
     """One model loaded in this process; cases one after the other."""
 
-    def __init__(self, model_dir: str, device: str, threads: int | None = None) -> None:
-        self.model_dir, self.device, self.threads = model_dir, device, threads
-        self.description = "1 worker (this process" + (f", {threads} thread(s))" if threads else ")")
+    def __init__(self, setup: WorkerSetup) -> None:
+        self.setup = setup
+        self.description = "1 worker (this process" + (f", {setup.threads} thread(s))" if setup.threads else ")")
 
     def run(self, tasks: Sequence[CaseTask], on_record: RecordCallback) -> None:
-        worker = CohortWorker(self.model_dir, self.device, self.threads)
+        worker = CohortWorker(self.setup)
         for task in tasks:
             on_record(worker.run(task))
 
@@ -58,11 +59,11 @@ _WORKER: Optional[CohortWorker] = None
 _SETUP_ERROR: Optional[str] = None
 
 
-def _start_worker(model_dir: str, device: str, threads: int) -> None:
+def _start_worker(setup: WorkerSetup) -> None:
     """The pool's initializer: load the model once in this worker process."""
     global _WORKER, _SETUP_ERROR
     try:
-        _WORKER = CohortWorker(model_dir, device, threads)
+        _WORKER = CohortWorker(setup)
     except SegmentLesionError as exc:
         _SETUP_ERROR = str(exc)
 
@@ -79,10 +80,10 @@ class ProcessExecutor:
     At most ``workers`` cases are in flight, so the cases lost with a dying worker are known.
     """
 
-    def __init__(self, model_dir: str, device: str, workers: int, threads: int | None = None) -> None:
-        self.model_dir, self.device, self.workers = model_dir, device, workers
-        self.threads = threads or threads_per_worker(workers)
-        self.description = f"{workers} local worker processes ({self.threads} thread(s) each)"
+    def __init__(self, setup: WorkerSetup, workers: int) -> None:
+        self.setup = replace(setup, threads=setup.threads or threads_per_worker(workers))
+        self.workers = workers
+        self.description = f"{workers} local worker processes ({self.setup.threads} thread(s) each)"
 
     def run(self, tasks: Sequence[CaseTask], on_record: RecordCallback) -> None:
         attempts = {task.case.case_id: 0 for task in tasks}
@@ -94,7 +95,7 @@ class ProcessExecutor:
         """Run ``queue`` in one pool; return the tasks to try again in a new pool (their worker died)."""
         context = multiprocessing.get_context("spawn")
         retry: list[CaseTask] = []
-        pool = ProcessPoolExecutor(self.workers, context, initializer=_start_worker, initargs=(self.model_dir, self.device, self.threads))
+        pool = ProcessPoolExecutor(self.workers, context, initializer=_start_worker, initargs=(self.setup,))
         try:
             pending = list(queue)
             running: dict[Future, CaseTask] = {}

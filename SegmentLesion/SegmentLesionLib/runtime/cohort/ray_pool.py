@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 from ...errors import InputError, SegmentLesionError
-from .case import CaseTask, CohortWorker, failed_record, write_record
+from .case import CaseTask, CohortWorker, WorkerSetup, failed_record, write_record
 from .executors import RecordCallback, WorkerSetupError
 from .records import CaseRecord
 
@@ -47,11 +48,11 @@ def import_ray(local: bool = False) -> Any:
 class SegmenterActor:
     """What each Ray actor runs: a ``CohortWorker``; a model that cannot load is reported by ``ready``."""
 
-    def __init__(self, model_dir: str, device: str, threads: Optional[int]) -> None:
+    def __init__(self, setup: WorkerSetup) -> None:
         self.worker: Optional[CohortWorker] = None
         self.error: Optional[str] = None
         try:
-            self.worker = CohortWorker(model_dir, device, threads)
+            self.worker = CohortWorker(setup)
         except SegmentLesionError as exc:
             self.error = str(exc)
 
@@ -69,15 +70,15 @@ class RayExecutor:
     """Ray actors, one model each: ``workers`` of them (default: one per GPU of the cluster, else one per CPU).
 
     Args:
-        model_dir: the model folder (on a file system every node sees).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        setup: how each actor loads the model (its folder on a file system every node sees); ``setup.threads``: the
+            CPUs (and torch threads) of each CPU actor (None: the cluster's CPUs shared out).
         address: ``local`` or a cluster's address (``ray://host:10001``, ``host:6379``, ``auto``).
         workers: the number of actors (None: the default above).
-        threads: the CPUs (and torch threads) of each CPU actor (None: the cluster's CPUs shared out).
     """
 
-    def __init__(self, model_dir: str, device: str, address: str, workers: int | None = None, threads: int | None = None) -> None:
-        self.model_dir, self.device, self.address, self.workers, self.threads = model_dir, device, address, workers, threads
+    def __init__(self, setup: WorkerSetup, address: str, workers: int | None = None) -> None:
+        self.setup, self.address, self.workers = setup, address, workers
+        self.device, self.threads = setup.device, setup.threads
         self.description = f"Ray ({address})"
 
     def run(self, tasks: Sequence[CaseTask], on_record: RecordCallback) -> None:
@@ -86,7 +87,9 @@ class RayExecutor:
         actors: list[Any] = []
         try:
             actor_class, count, threads = self._actor_class(ray, len(tasks))
-            actors = [actor_class.remote(self.model_dir, self.device if threads else "auto", threads) for _ in range(count)]
+            # A GPU actor's "auto" device is its own GPU; a CPU actor uses as many threads as the CPUs it holds.
+            setup = replace(self.setup, threads=threads, device=self.device if threads else "auto")
+            actors = [actor_class.remote(setup) for _ in range(count)]
             for error in ray.get([actor.ready.remote() for actor in actors]):
                 if error:
                     raise WorkerSetupError(error)

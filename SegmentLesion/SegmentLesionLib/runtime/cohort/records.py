@@ -77,11 +77,12 @@ class CohortSettings:
     tta: bool = False
     max_voxels: int | None = None
     brain_mask: str | None = None
+    precision: str = "auto"
     format: str = ".seg.nrrd"
     device: str = "auto"
 
     def key(self) -> dict[str, Any]:
-        """What changes the outputs (everything but the device)."""
+        """What changes the outputs (everything but the device; ``auto`` precision as asked, not as chosen)."""
         data = asdict(self)
         data.pop("device")
         return data
@@ -164,6 +165,7 @@ class WorkerInfo:
     host: str
     pid: int
     device: str
+    precision: str = ""  # the precision the worker chose (fp32, bf16, fp16)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Optional, TextIO
 
 from ...errors import InputError
 from ...models.spec import default_model_dir, load_spec
-from .case import CaseTask, CohortLayout
+from .case import CaseTask, CohortLayout, WorkerSetup
 from .executors import Executor, InProcessExecutor, ProcessExecutor
 from .manifest import Shard, model_channels, read_manifest
 from .progress import CohortProgress
@@ -88,7 +88,7 @@ def plan_tasks(request: CohortRequest) -> tuple[list[CaseTask], list[CaseTask], 
     if spec.in_channels > 1:
         raise InputError(f"{spec.name} takes {spec.in_channels} input channels: the engine segments one-channel models only")
     model = model_identity(model_dir)
-    cases = read_manifest(request.manifest, model_channels(spec.in_channels), exclude=request.output)
+    cases = read_manifest(request.manifest, model_channels(spec.in_channels, spec.channel_names), exclude=request.output)
     layout = CohortLayout(request.output.absolute(), settings.format)  # absolute: workers have their own working directory
     every = [CaseTask(case, CaseKey.of(case, model, settings), model, settings, layout) for case in cases]
     selected_ids = {case.case_id for case in (request.shard.select(cases) if request.shard else cases)}
@@ -123,16 +123,15 @@ def split_done(tasks: list[CaseTask], resume: bool) -> tuple[list[CaseTask], lis
 
 def make_executor(request: CohortRequest, model_dir: str, cases: int) -> Executor:
     """The backend: Ray, local worker processes, or this process."""
-    device = request.settings.device
+    settings = request.settings
+    setup = WorkerSetup(model_dir, settings.device, settings.precision, request.threads)
     if request.ray:
         from .ray_pool import RayExecutor, import_ray
 
         import_ray(local=request.ray == "local")  # fail before anything runs when the extra is missing
-        return RayExecutor(model_dir, device, request.ray, request.workers, request.threads)
+        return RayExecutor(setup, request.ray, request.workers)
     workers = min(request.workers or 1, max(cases, 1))
-    if workers > 1:
-        return ProcessExecutor(model_dir, device, workers, request.threads)
-    return InProcessExecutor(model_dir, device, request.threads)
+    return ProcessExecutor(setup, workers) if workers > 1 else InProcessExecutor(setup)
 
 
 def run_cohort(request: CohortRequest, progress_stream: Optional[TextIO] = None) -> CohortSummary:

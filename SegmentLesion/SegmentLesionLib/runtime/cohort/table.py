@@ -22,7 +22,7 @@ from .case import CaseTask, CohortLayout
 from .records import CaseRecord, CaseStatus, read_record
 
 LARGE_BURDEN_FRACTION = 0.2
-TIMING_COLUMNS = ("total_s", "segment_s", "preprocess_s", "inference_s", "postprocess_s", "brain_mask_s", "write_s")
+TIMING_COLUMNS = ("total_s", "segment_s", "read_s", "preprocess_s", "inference_s", "postprocess_s", "brain_mask_s", "write_s")
 TABLE_LOCK_TIMEOUT_S = 300.0
 
 
@@ -46,7 +46,7 @@ def columns(label_names: Sequence[str]) -> list[Column]:
     largest = [Column("largest_lesion_ml", "float"), Column("largest_lesion_diameter_mm", "float"), Column("burden_percent", "float")]
     qc = [Column(f"qc_{name}", "bool") for name in ("no_lesion", "large_burden", "inputs_resampled", "failed")]
     timings = [Column(name, "float") for name in TIMING_COLUMNS]
-    model = [Column(name, "str") for name in ("model_name", "model_version", "model_sha256", "device", "host", "finished")]
+    model = [Column(name, "str") for name in ("model_name", "model_version", "model_sha256", "device", "precision", "host", "finished")]
     return [*head, *volumes, *largest, *qc, *timings, *model, Column("labelmap", "str"), Column("report", "str")]
 
 
@@ -63,7 +63,7 @@ def row(case_id: str, record: Optional[CaseRecord], label_names: Sequence[str]) 
         finished=record.finished,
     )
     if record.worker is not None:
-        data.update(device=record.worker.device, host=record.worker.host)
+        data.update(device=record.worker.device, precision=record.worker.precision, host=record.worker.host)
     data.update({name: record.timings.get(name) for name in TIMING_COLUMNS})
     found = record.measurements
     if found is not None:
