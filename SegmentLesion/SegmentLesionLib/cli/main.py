@@ -12,12 +12,12 @@ import logging
 import sys
 
 from ..errors import Cancelled, SegmentLesionError
-from . import evaluate, export, models, segment, synthesize, train
+from . import cohort, evaluate, export, models, segment, synthesize, train
 from .common import EXIT_CANCELLED, EXIT_ERROR
 
 logger = logging.getLogger("SegmentLesion")
 
-FAMILIES = (segment, export, train, evaluate, models, synthesize)
+FAMILIES = (segment, cohort, export, train, evaluate, models, synthesize)
 
 
 def build_parser() -> argparse.ArgumentParser:
