@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,27 @@ def test_the_worker_passes_the_precision_through(model_3d, tmp_path):
         client.close()
     assert json.loads((tmp_path / "default.lesions.json").read_text())["settings"]["precision"] == "fp32"
     assert json.loads((tmp_path / "asked.lesions.json").read_text())["settings"]["precision"] == "bf16"
+
+
+def test_cli_processes_let_idle_openmp_threads_sleep():
+    """segment-lesion sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads oversubscribe a loaded
+    machine; README "CPU speed"), and keeps a policy the user chose."""
+    import os
+    import subprocess
+
+    code = (
+        "import os, sys\n"
+        "from SegmentLesionLib.cli import main\n"
+        "assert 'torch' not in sys.modules, 'the CLI must not load torch before its wait policy is set'\n"
+        "main(['models', 'list', '--registry', sys.argv[1]])\n"
+        "print(os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "SegmentLesion")
+    run = subprocess.run([sys.executable, "-c", code, "/nonexistent-registry"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "PASSIVE"
+    run = subprocess.run(
+        [sys.executable, "-c", code, "/nonexistent-registry"], capture_output=True, text=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}
+    )
+    assert run.stdout.strip().splitlines()[-1] == "ACTIVE"

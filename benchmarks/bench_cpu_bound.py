@@ -302,7 +302,8 @@ def sweep(model: Path, volume: Path, repeats: int, only_own: bool = False) -> li
     spec, network = load_model(model, "cpu")
     image = read_volume(volume)
     grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
-    data = preprocess.normalize_intensity(preprocess.array_xyz(preprocess.to_model_grid(image, grid, exact)), spec.intensity)
+    model_image = preprocess.to_model_grid(image, grid, exact)  # kept: array_xyz is a view of its voxels
+    data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
     batch = torch.from_numpy(np.ascontiguousarray(data))[None, None]
     threads = torch.get_num_threads()
     own = (spec.sw_batch_size, spec.overlap, threads)
@@ -388,7 +389,7 @@ def run_child(args: list[str], wait_policy: str | None = "PASSIVE") -> dict:
         env["OMP_WAIT_POLICY"] = wait_policy
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"child {args[:3]} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"child {args[:3]} failed (exit code {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -331,7 +331,8 @@ class Segmenter:
             probability = self._to_reference(model_probability, region, exact, sitk.sitkLinear)
             classes = None
             if model_classes is not None:
-                classes = sitk.GetArrayViewFromImage(self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor))
+                class_image = self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor)  # the view needs it alive
+                classes = sitk.GetArrayViewFromImage(class_image)
             prob_array = sitk.GetArrayViewFromImage(probability)
             if restrict is not None:
                 prob_array = np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, prob_array, np.float32(0))
