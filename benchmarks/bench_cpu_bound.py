@@ -273,16 +273,58 @@ def child_timing(model: Path, volume: Path, repeats: int, work: Path) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (Linux; ru_maxrss would include the parent's RSS at fork)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 * 1024)
+
+
 def child_memory(model: Path, volume: Path, pipeline: str, work: Path) -> dict:
     """Peak RSS of a process that serves the case twice, as the worker does (after loading the model once)."""
     runner = Ours(model) if pipeline == "ours" else Monai(model)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded = peak_rss_mb()
     for _ in range(2):
         if isinstance(runner, Ours):
             runner.run(volume, work / "memory_ours.nii.gz", "auto")
         else:
             runner.run(volume, work / "memory_monai.nii.gz")
-    return {"loaded_mb": loaded, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"loaded_mb": loaded, "peak_mb": peak_rss_mb()}
+
+
+def child_evaluation(model: Path, cases: int, work: Path) -> dict:
+    """bf16 against fp32 on the bundled model's held-out evaluation cases (generated, seeds 10001..: never trained on)."""
+    import data_sources
+    import SimpleITK as sitk
+    from SegmentLesionLib.data.synthetic import write_dataset
+
+    folder = write_dataset(
+        work / "heldout",
+        range(10001, 10001 + cases),
+        polarity="hyper",
+        dataset_name="Dataset002_HeldOut",
+        colin27=data_sources.colin27_dir(),
+    )
+    ours = Ours(model)
+    rows = []
+    for image in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+        case = image.name[: -len("_0000.nii.gz")]
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz"))) > 0
+        _, fp32, _ = ours.run(image, work / "fp32.nii.gz", "fp32")
+        _, auto, used = ours.run(image, work / "auto.nii.gz", "auto")
+        rows.append(
+            {
+                "case": case,
+                "precision": used,
+                "dice_vs_fp32": dice(auto, fp32),
+                "dice_fp32": dice(fp32, truth),
+                "dice_auto": dice(auto, truth),
+            }
+        )
+    return {"cases": rows, "load_average": load_average()}
 
 
 def wait_policy_network(model: Path, volume: Path, repeats: int) -> dict:
@@ -393,7 +435,14 @@ def run_child(args: list[str], wait_policy: str | None = "PASSIVE") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def print_case(name: str, info: dict, flops: dict, timing: dict, memory: dict | None, peak: dict) -> None:
+def print_case(name: str, info: dict, flops: dict, timing: dict | None, memory: dict | None, peak: dict) -> None:
+    if timing is None:
+        print(f"\n== {name}: {'x'.join(map(str, info['size']))} voxels; network {flops['gflop']:.1f} GFLOP")
+        if memory:
+            print(
+                f"peak memory (RSS, a process serving the case twice): ours {memory['ours']['peak_mb']:.0f} MB, MONAI {memory['monai']['peak_mb']:.0f} MB"
+            )
+        return
     median = timing["median"]
     auto, fp32, monai = median["ours_auto"], median["ours_fp32"], median["monai_fp32"]
     gflop = flops["gflop"]
@@ -438,6 +487,8 @@ def main() -> int:
     parser.add_argument("--ct-repeats", type=int, default=3, help="timed warm runs per pipeline (CT)")
     parser.add_argument("--memory-cases", default="ct", help="cases whose peak memory is measured in fresh processes")
     parser.add_argument("--sweep", action="store_true", help="also time other sw_batch_size / overlap / thread settings (brain grid)")
+    parser.add_argument("--eval-cases", type=int, default=20, help="held-out generated cases for bf16 vs fp32 (0: none)")
+    parser.add_argument("--parts", default="timing,memory,policy,evaluation", help="what to run (default: all)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "VOLUME", "ARG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -453,6 +504,8 @@ def main() -> int:
                 result = sweep(model, Path(volume), int(extra))
             elif kind == "policy":
                 result = wait_policy_network(model, Path(volume), int(extra))
+            elif kind == "evaluation":
+                result = child_evaluation(model, int(extra), Path(tmp))
             else:
                 result = child_memory(model, Path(volume), extra, Path(tmp))
         print(json.dumps(result))
@@ -466,6 +519,7 @@ def main() -> int:
     print(f"peak: fp32 {peak['fp32_peak_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_peak_gflops']:.0f} GFLOP/s")
     print(f"model: {model}; load average at start: {load_average()} (a shared machine: other sessions' work runs too)")
     report = {"machine": peak, "cases": {}}
+    parts = set(args.parts.split(","))
     model_args = ["--model", str(model)] if args.model else []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases.split(","):
@@ -476,13 +530,13 @@ def main() -> int:
             info = {"size": list(reader.GetSize()), "spacing": [round(v, 3) for v in reader.GetSpacing()]}
             flops = network_flops(model, volume)
             repeats = args.ct_repeats if name == "ct" else args.repeats
-            timing = run_child(["--child", "timing", str(volume), str(repeats), *model_args])
+            timing = run_child(["--child", "timing", str(volume), str(repeats), *model_args]) if "timing" in parts else None
             memory = None
-            if name in args.memory_cases.split(","):
+            if name in args.memory_cases.split(",") and "memory" in parts:
                 memory = {p: run_child(["--child", "memory", str(volume), p, *model_args]) for p in ("ours", "monai")}
             print_case(name, info, flops, timing, memory, peak)
             report["cases"][name] = {"input": info, "flops": flops, "timing": timing, "memory": memory}
-            if name == "brain":
+            if name == "brain" and "policy" in parts:
                 report["wait_policy"] = compare_wait_policies(model, volume, model_args)
             if args.sweep and name == "brain":
                 print("sweep (sliding window on the brain's model grid, medians; OMP_WAIT_POLICY=PASSIVE):")
@@ -494,6 +548,21 @@ def main() -> int:
                         f"{row['sliding_window_s']:6.2f} s, network {row['network_s']:6.2f} s, Dice vs first row "
                         f"{row['dice_vs_first']:.4f} ({row['lesion_voxels']} lesion voxels)"
                     )
+    if args.eval_cases and "evaluation" in parts:
+        evaluation = run_child(["--child", "evaluation", "-", str(args.eval_cases), *model_args])
+        report["evaluation"] = evaluation
+        rows = evaluation["cases"]
+        scores = [row["dice_vs_fp32"] for row in rows]
+        print(
+            f"\nheld-out generated cases (seeds 10001-{10000 + len(rows)}), {rows[0]['precision']} vs fp32 masks: Dice min "
+            f"{min(scores):.4f}, mean {statistics.mean(scores):.4f}, cases >= 0.99: {sum(s >= 0.99 for s in scores)}/{len(rows)}; "
+            f"Dice vs truth: fp32 {statistics.mean(r['dice_fp32'] for r in rows):.4f}, "
+            f"{rows[0]['precision']} {statistics.mean(r['dice_auto'] for r in rows):.4f}; load average {evaluation['load_average']}"
+        )
+        for row in rows:
+            print(
+                f"  {row['case']}: Dice vs fp32 {row['dice_vs_fp32']:.4f} (vs truth fp32 {row['dice_fp32']:.3f}, {row['precision']} {row['dice_auto']:.3f})"
+            )
     print(f"\nload average at the end: {load_average()}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
