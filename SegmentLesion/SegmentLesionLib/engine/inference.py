@@ -1,8 +1,8 @@
 """The segmentation engine: a model loaded once, applied to volumes with progress and cancel.
 
 ``Segmenter.segment`` runs: model grid (orientation, spacing) -> intensity normalisation -> MONAI
-sliding-window inference with Gaussian blending (CUDA + autocast when available, CPU otherwise; optional
-flip test-time augmentation) -> foreground probability back on the input's own grid -> post-processing.
+sliding-window inference with Gaussian blending (CUDA + float16 autocast when available, CPU otherwise, in
+bfloat16 where the CPU has it natively: ``precision``; optional flip test-time augmentation) -> foreground probability back on the input's own grid -> post-processing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
 from . import brain_mask, postprocess, preprocess, resources
 from .bundle_pipeline import BundlePipeline
+from .precision import Precision, choose_precision
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -44,11 +45,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def device_description(device: torch.device) -> str:
-    """A short name for the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (2 threads)'."""
+def device_description(device: torch.device, precision: Precision | None = None) -> str:
+    """A short name for the device, e.g. 'NVIDIA H100 80GB HBM3 (fp16)' or 'CPU (2 threads, bf16)'."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(device)
+        return f"{name} ({precision.name})" if precision else name
+    return f"CPU ({torch.get_num_threads()} threads{', ' + precision.name if precision else ''})"
 
 
 @dataclass
@@ -61,23 +63,74 @@ class SegmentOptions:
     tta: bool = False
     max_voxels: int | None = None  # the model grid's voxel limit (None: the model's ``max_voxels``, else the default)
     brain_mask: str | None = None  # "deepbet" or "none" (None: the model's ``brain_mask``); see engine/brain_mask.py
+    precision: str | None = None  # auto, fp32 or bf16 (None: the segmenter's)
 
 
-@dataclass
 class SegmentationResult:
-    """Outputs on the input's own grid."""
+    """Outputs on the input's own grid.
 
-    labelmap: sitk.Image  # uint8 class labels
-    probability: sitk.Image  # float32 foreground probability
-    components: np.ndarray  # lesion id per voxel (k, j, i)
-    report: LesionReport  # what ``<stem>.lesions.json`` holds
-    timings: dict[str, float] = field(default_factory=dict)
-    regions: np.ndarray | None = None  # bool (C, k, j, i): a Model Zoo region model's channels (may overlap), else None
+    Post-processing works in the box of the input grid where the probability can reach the threshold
+    (``preprocess.covering_box``); the full-size probability map and lesion ids are made when first asked for, so a
+    512x512x300 CT does not hold three full-size arrays at once when only the labelmap and the report are written.
+
+    Attributes:
+        labelmap: uint8 class labels.
+        report: what ``<stem>.lesions.json`` holds.
+        box: the (k, j, i) box of the input grid holding every lesion voxel (None: no voxel reached the threshold).
+        timings: wall seconds per stage (``read_s``, ``resample_s``, ``normalise_s``, ``network_s``, ``blend_s``,
+            ``to_input_grid_s``, ``lesions_s``) and per step (``preprocess_s``, ``inference_s``, ``postprocess_s``).
+    """
+
+    def __init__(
+        self,
+        labelmap: sitk.Image,
+        report: LesionReport,
+        box: tuple[slice, ...] | None,
+        box_components: np.ndarray,
+        probability: Callable[[], sitk.Image],
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        self.labelmap = labelmap
+        self.report = report
+        self.box = box
+        self.timings = timings or {}
+        self._box_components = box_components
+        self._make_probability = probability
+        self._probability: sitk.Image | None = None
+        self.regions: np.ndarray | None = None  # bool (C, k, j, i): a Model Zoo region model's channels (may overlap)
+
+    @property
+    def probability(self) -> sitk.Image:
+        """The float32 foreground probability on the input grid (resampled on first use, then kept)."""
+        if self._probability is None:
+            self._probability = self._make_probability()
+        return self._probability
+
+    @property
+    def components(self) -> np.ndarray:
+        """Lesion id per voxel (k, j, i), uint16: 1..N by decreasing volume, 0 elsewhere (a new array each call)."""
+        full = np.zeros(tuple(reversed(self.labelmap.GetSize())), dtype=np.uint16)
+        if self.box is not None:
+            full[self.box] = self._box_components
+        return full
 
     @property
     def lesions(self) -> list[Lesion]:
         """The lesions of the report, largest first."""
         return self.report.lesions
+
+
+class _Stages:
+    """Wall time per stage of one segmentation: ``lap(name)`` charges the time since the previous lap to ``name``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 class _ProgressNetwork(torch.nn.Module):
@@ -88,13 +141,17 @@ class _ProgressNetwork(torch.nn.Module):
         self.network = network
         self.total = max(total, 1)
         self.done = 0
+        self.seconds = 0.0  # time spent in the network itself (the rest of the sliding window is blending)
         self.progress = progress
         self.cancel = cancel
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.cancel is not None and self.cancel():
             raise Cancelled()
-        output = self.network(batch)
+        start = time.perf_counter()
+        # Blending runs in float32 (MONAI multiplies the window by its weights in place, in the window's dtype).
+        output = self.network(batch).float()
+        self.seconds += time.perf_counter() - start
         self.done += 1
         if self.progress is not None:
             self.progress(min(self.done, self.total), self.total, "inference")
@@ -121,12 +178,27 @@ class Segmenter:
     Args:
         model_dir: model folder (None: the bundled default model).
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto``, ``fp32`` or ``bf16`` (see ``engine.precision``); a request may ask for another.
     """
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "auto") -> None:
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto") -> None:
         self.device = resolve_device(device)
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
+        self.requested_precision = precision
+        self.precision = self.choose_precision(precision, self.device)
+
+    def choose_precision(self, requested: str | None = None, device: torch.device | None = None) -> Precision:
+        """The precision for a request on ``device`` (default: the segmenter's); a note for the user is logged.
+
+        Raises:
+            InputError: an unknown precision, or bf16 on a GPU without it.
+        """
+        chosen = choose_precision(requested or self.requested_precision, (device or self.device).type, self.spec.allow_reduced_precision)
+        if chosen.note:
+            logger.warning("%s", chosen.note)
+        return chosen
+
         # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
         self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
 
@@ -143,10 +215,17 @@ class Segmenter:
             InputError: unreadable or unusable volume, or one whose model grid is beyond the limit.
         """
         options = options or SegmentOptions()
+        start = time.perf_counter()
         header = read_header(path)
         if header is not None:  # a file: refuse from its header alone, before reading the voxels
             self.check_resources(preprocess.Grid(header.size, header.spacing, header.origin, header.direction), options, str(path))
-        return self.segment(read_volume(path), options, progress, cancel, name=str(path))
+        # Integer voxels stay integers until the model grid (an int16 CT holds half the memory of its float32 copy).
+        # No local name holds the volume: ``segment`` lets it go once it is on the model grid.
+        read: list[sitk.Image] = [read_volume(path, keep_integers=True)]
+        read_s = time.perf_counter() - start
+        result = self.segment(read.pop(), options, progress, cancel, name=str(path))
+        result.timings = {"read_s": read_s, **result.timings}
+        return result
 
     def check_resources(self, source: preprocess.Grid, options: SegmentOptions | None = None, name: str = "volume") -> None:
         """Refuse a volume whose model grid is beyond the voxel limit or this machine's memory (before allocating).
@@ -183,56 +262,132 @@ class Segmenter:
         if self.bundle is not None:
             return self._segment_bundle(image if isinstance(image, list) else [image], options, progress, cancel, name)
         spec = self.spec
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
+        precision = self.precision if options.precision in (None, self.requested_precision) else self.choose_precision(options.precision)
+        stages = _Stages()
         reference = preprocess.Grid.of(image)
         self.check_resources(reference, options, name)
         image = replace_unusable_values(image, name)
-        start_mask = time.perf_counter()
+        stages.lap("resample_s")
         restrict = self._brain_mask(image, options)
-        restrict_s = time.perf_counter() - start_mask
+        stages.lap("brain_mask_s")
         grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
         model_image = preprocess.to_model_grid(image, grid, exact)
-        data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
         # Only the grids are needed from here on: let the full-resolution input go before inference (the caller of
-        # segment_file holds no other reference), which keeps a 512x512x300 CT under 2 GB.
-        del model_image, image
-        timings["preprocess_s"] = time.perf_counter() - start
+        # segment_file holds no other reference), which keeps a 512x512x300 CT under 1.5 GB.
+        del image
+        stages.lap("resample_s")
+        data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
+        del model_image
+        stages.lap("normalise_s")
 
-        start = time.perf_counter()
-        fg_xyz, classes_xyz = self._infer(data, options.tta, progress, cancel)
-        timings["inference_s"] = time.perf_counter() - start
+        fg_xyz, classes_xyz, precision, network_s = self._infer(data, options.tta, precision, progress, cancel)
         del data
+        model_probability = preprocess.image_from_xyz(fg_xyz, grid)
+        model_classes = None if classes_xyz is None else preprocess.image_from_xyz(classes_xyz, grid)
+        del fg_xyz, classes_xyz
+        stages.lap("blend_s")
+        stages.seconds["blend_s"] -= network_s
+        stages.seconds["network_s"] = network_s
 
-        start = time.perf_counter()
         if progress is not None:
             progress(1, 1, "post-processing")
-        result = self._postprocess(fg_xyz, classes_xyz, grid, reference, exact, options, restrict)
-        timings["postprocess_s"] = time.perf_counter() - start
-        if restrict is not None:
-            timings["brain_mask_s"] = restrict_s
+        result = self._postprocess(model_probability, model_classes, reference, exact, options, precision, stages, restrict)
+        timings = stages.seconds
+        if restrict is None:
+            del timings["brain_mask_s"]
+        timings["preprocess_s"] = timings["resample_s"] + timings["normalise_s"]
+        timings["inference_s"] = timings["network_s"] + timings["blend_s"]
+        timings["postprocess_s"] = timings["to_input_grid_s"] + timings["lesions_s"]
         result.timings = timings
         return result
 
     def _postprocess(
         self,
-        fg_xyz: np.ndarray,
-        classes_xyz: np.ndarray | None,
-        grid: preprocess.Grid,
+        model_probability: sitk.Image,
+        model_classes: sitk.Image | None,
         reference: preprocess.Grid,
         exact: bool,
         options: SegmentOptions,
+        precision: Precision,
+        stages: _Stages,
         restrict: sitk.Image | None = None,
     ) -> SegmentationResult:
-        """Probabilities back on the input's grid (0 outside ``restrict`` when given), then lesions and their report."""
-        probability = self._to_reference(preprocess.image_from_xyz(fg_xyz, grid), reference, exact, sitk.sitkLinear)
-        if restrict is not None:
-            probability = sitk.Mask(probability, restrict)
-        classes = None
-        if classes_xyz is not None:
-            class_image = self._to_reference(preprocess.image_from_xyz(classes_xyz, grid), reference, exact, sitk.sitkNearestNeighbor)
-            classes = sitk.GetArrayViewFromImage(class_image)
-        return self._lesions(probability, classes, reference, options)
+        """Probabilities back on the input's grid (in the box where they can reach the threshold; 0 outside
+        ``restrict`` when given), then lesions and their report."""
+        spec = self.spec
+        threshold = spec.threshold if options.threshold is None else options.threshold
+        min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
+        fill = spec.fill_holes if options.fill_holes is None else options.fill_holes
+        if threshold <= 0:  # voxels beyond the model grid (probability 0) are lesion too
+            box_ijk = tuple(slice(0, int(n)) for n in reference.size)
+        else:
+            mask_xyz = preprocess.array_xyz(model_probability) >= threshold
+            box_ijk = preprocess.covering_box(mask_xyz, preprocess.Grid.of(model_probability), reference)
+        labelmap_array = np.zeros(tuple(int(n) for n in reversed(reference.size)), dtype=np.uint8)
+        box = None if box_ijk is None else tuple(reversed(box_ijk))
+        lesions: list[Lesion] = []
+        box_components = np.zeros((0, 0, 0), dtype=np.uint16)
+        if box_ijk is not None:
+            region = reference.sub_grid(box_ijk)
+            probability = self._to_reference(model_probability, region, exact, sitk.sitkLinear)
+            classes = None
+            if model_classes is not None:
+                classes = sitk.GetArrayViewFromImage(self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor))
+            prob_array = sitk.GetArrayViewFromImage(probability)
+            if restrict is not None:
+                prob_array = np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, prob_array, np.float32(0))
+            stages.lap("to_input_grid_s")
+            found = postprocess.find_lesions(
+                prob_array,
+                reference.spacing,
+                threshold=threshold,
+                min_lesion_mm3=min_mm3,
+                fill_holes=fill,
+                classes=classes,
+                label_value=spec.labels[0].value,
+            )
+            lesions = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(probability), prob_array, found.labelmap)
+            labelmap_array[box] = found.labelmap
+            box_components = found.components
+        else:
+            stages.lap("to_input_grid_s")
+        labelmap = reference.apply_to(sitk.GetImageFromArray(labelmap_array))
+        del labelmap_array
+        report = self._report(lesions, reference, options, precision, threshold, min_mm3, fill)
+        stages.lap("lesions_s")
+
+        def full_probability() -> sitk.Image:
+            full = self._to_reference(model_probability, reference, exact, sitk.sitkLinear)
+            return full if restrict is None else sitk.Mask(full, restrict)
+
+        return SegmentationResult(labelmap, report, box, box_components, full_probability)
+
+    def _report(
+        self,
+        lesions: list[Lesion],
+        reference: preprocess.Grid,
+        options: SegmentOptions,
+        precision: Precision,
+        threshold: float,
+        min_mm3: float,
+        fill: bool,
+    ) -> LesionReport:
+        spec = self.spec
+        return LesionReport(
+            lesions=lesions,
+            model={**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
+            input_size=list(reference.size),
+            input_spacing=[round(v, 6) for v in reference.spacing],
+            settings={
+                "threshold": threshold,
+                "min_lesion_mm3": min_mm3,
+                "fill_holes": fill,
+                "tta": options.tta,
+                "device": str(self.device),
+                "precision": precision.name,
+                "brain_mask": self._brain_mask_choice(options),
+            },
+        )
 
     def _lesions(
         self,
@@ -242,7 +397,7 @@ class Segmenter:
         options: SegmentOptions,
         mask: np.ndarray | None = None,
     ) -> SegmentationResult:
-        """Lesions (connected components) and their report, from the probability on the input grid.
+        """Lesions (connected components) and their report from a probability on the whole input grid (bundles).
 
         ``mask`` (a bundle's own labelmap) replaces thresholding the probability.
         """
@@ -262,21 +417,9 @@ class Segmenter:
         )
         labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
         lesions = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(labelmap), prob_array, found.labelmap)
-        report = LesionReport(
-            lesions=lesions,
-            model={**spec.summary(), "labels": {str(label.value): label.name for label in spec.labels}},
-            input_size=list(reference.size),
-            input_spacing=[round(v, 6) for v in reference.spacing],
-            settings={
-                "threshold": threshold,
-                "min_lesion_mm3": min_mm3,
-                "fill_holes": fill,
-                "tta": options.tta,
-                "device": str(self.device),
-                "brain_mask": self._brain_mask_choice(options),
-            },
-        )
-        return SegmentationResult(labelmap, probability, found.components, report)
+        report = self._report(lesions, reference, options, self.precision, threshold, min_mm3, fill)
+        box = tuple(slice(0, int(n)) for n in reversed(reference.size))
+        return SegmentationResult(labelmap, report, box, found.components, lambda: probability)
 
     def _segment_bundle(
         self, images: list[sitk.Image], options: SegmentOptions, progress: ProgressCallback | None, cancel: CancelCheck | None, name: str
@@ -339,25 +482,36 @@ class Segmenter:
         return back
 
     def _infer(
-        self, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays."""
+        self, data: np.ndarray, tta: bool, precision: Precision, progress: ProgressCallback | None, cancel: CancelCheck | None
+    ) -> tuple[np.ndarray, np.ndarray | None, Precision, float]:
+        """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays,
+        the precision they were computed in and the seconds spent in the network."""
         try:
-            return self._infer_on(self.device, data, tta, progress, cancel)
+            foreground, classes, seconds = self._infer_on(self.device, data, tta, precision, progress, cancel)
+            return foreground, classes, precision, seconds
         except torch.OutOfMemoryError:
             if self.device.type != "cuda":
                 raise
             logger.warning("GPU out of memory: falling back to the CPU for this volume (slower)")
             torch.cuda.empty_cache()
-            self.network.to("cpu")
+            cpu = torch.device("cpu")
+            precision = self.choose_precision(None if precision.name == "fp16" else precision.name, cpu)
+            self.network.to(cpu)
             try:
-                return self._infer_on(torch.device("cpu"), data, tta, progress, cancel)
+                foreground, classes, seconds = self._infer_on(cpu, data, tta, precision, progress, cancel)
+                return foreground, classes, precision, seconds
             finally:
                 self.network.to(self.device)
 
     def _infer_on(
-        self, device: torch.device, data: np.ndarray, tta: bool, progress: ProgressCallback | None, cancel: CancelCheck | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        self,
+        device: torch.device,
+        data: np.ndarray,
+        tta: bool,
+        precision: Precision,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, float]:
         from monai.inferers import SliceInferer, SlidingWindowInferer
 
         spec = self.spec
@@ -381,8 +535,7 @@ class Segmenter:
             progress(0, wrapped.total, "inference")
         batch = torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)
         probabilities = None
-        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision.autocast(device.type):
             for dims in flips:
                 inputs = torch.flip(batch, dims) if dims else batch
                 logits = inferer(inputs, wrapped)
@@ -401,4 +554,4 @@ class Segmenter:
         if class_scores.shape[0] > 1:
             values = torch.tensor([label.value for label in spec.labels], dtype=torch.uint8, device=class_scores.device)
             classes = values[class_scores.argmax(dim=0)].cpu().numpy()
-        return foreground.float().cpu().numpy(), classes
+        return foreground.float().cpu().numpy(), classes, wrapped.seconds

@@ -123,11 +123,24 @@ def write_labelmap(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterab
     return write_image(sitk.Cast(labelmap, sitk.sitkUInt8), path, overwrite=overwrite)
 
 
+def _extent(mask: np.ndarray) -> list[int]:
+    """Slicer's segment extent (first, last index along each axis) from projections; [0, -1]*3 when empty."""
+    extent: list[int] = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return [0, -1] * mask.ndim
+        extent += [int(hits[0]), int(hits[-1])]
+    return extent
+
+
 def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterable[LabelInfo], overwrite: bool = True) -> Path:
     """Write a Slicer segmentation file: one segment per model label, label values kept."""
     import slicerio
 
-    voxels = np.ascontiguousarray(sitk.GetArrayViewFromImage(labelmap).transpose(2, 1, 0)).astype(np.uint8)
+    # (i, j, k) indexing as a view: NRRD stores i fastest, which is SimpleITK's own memory order, so the file is
+    # written without the transposed copy (seconds for a 512x512x300 CT).
+    voxels = np.asarray(sitk.GetArrayViewFromImage(labelmap), dtype=np.uint8).transpose(2, 1, 0)
     segments = []
     for label in labels:
         mask = voxels == label.value
@@ -140,11 +153,7 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterab
             "terminology": {"contextName": TERMINOLOGY_CONTEXT, **{k: list(v) for k, v in label.terminology.items()}},
             "status": "inprogress",
         }
-        if mask.any():
-            hits = np.nonzero(mask)
-            segment["extent"] = [int(v) for axis in hits for v in (axis.min(), axis.max())]
-        else:
-            segment["extent"] = [0, -1, 0, -1, 0, -1]
+        segment["extent"] = _extent(mask)
         segments.append(segment)
     segmentation = {
         "voxels": voxels,
@@ -156,5 +165,6 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterab
     }
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        slicerio.write_segmentation(str(tmp), segmentation)
+        # zlib's default level: level 9 (slicerio's default) takes 70 % longer for files 3 % smaller.
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
     return path

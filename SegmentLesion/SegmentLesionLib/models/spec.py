@@ -91,6 +91,8 @@ class ModelSpec:
     min_lesion_mm3: float = 10.0
     fill_holes: bool = True
     max_voxels: int | None = None  # the model grid's voxel limit (None: the engine's default, 2^28)
+    # False: the network always runs in float32 (no bf16 on CPUs, no fp16 on GPUs), whatever --precision says.
+    allow_reduced_precision: bool = True
     brain_mask: str | None = None  # "deepbet": lesions only inside deepbet's brain mask (engine/brain_mask.py)
     modality: str = "MR"
     description: str = ""
@@ -263,6 +265,8 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: brain_mask must be 'deepbet', 'none' or null")
     if spec.max_voxels is not None and (isinstance(spec.max_voxels, bool) or not isinstance(spec.max_voxels, int) or spec.max_voxels < 1):
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
+    if not isinstance(spec.allow_reduced_precision, bool):
+        raise ModelError(f"{where}: allow_reduced_precision must be true or false")
 
 
 def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], folder: Path) -> ModelSpec:

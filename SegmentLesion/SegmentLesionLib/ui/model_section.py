@@ -119,12 +119,17 @@ class ModelSection:
                 combo.setCurrentIndex(index)
 
     def show_device(self, description: str) -> None:
-        """Name the GPU in the device list once the worker has reported it."""
-        if description and not description.startswith("CPU"):
-            combo = self.ui.deviceComboBox
-            for index in range(prop(combo, "count")):
-                if combo.itemData(index) == "cuda":
-                    combo.setItemText(index, f"GPU ({description})")
+        """Name the device the worker reported in the device list, with its precision.
+
+        E.g. "GPU (NVIDIA H100 80GB HBM3 (fp16))" or "CPU (2 threads, bf16)" (``engine.inference.device_description``).
+        """
+        if not description:
+            return
+        value, text = ("cpu", description) if description.startswith("CPU") else ("cuda", f"GPU ({description})")
+        combo = self.ui.deviceComboBox
+        for index in range(prop(combo, "count")):
+            if combo.itemData(index) == value:
+                combo.setItemText(index, text)
 
     @property
     def busy(self) -> bool:
