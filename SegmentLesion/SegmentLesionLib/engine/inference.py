@@ -186,6 +186,8 @@ class Segmenter:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
         self.requested_precision = precision
+        # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
+        self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
         self.precision = self.choose_precision(precision, self.device)
         # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
         self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
