@@ -189,8 +189,6 @@ class Segmenter:
         # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
         self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
         self.precision = self.choose_precision(precision, self.device)
-        # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
-        self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
         if self.bundle is not None and precision == "auto" and self.device.type == "cpu":
             # As MONAI's own evaluator runs a bundle (its "amp" is CUDA autocast only); --precision bf16 still applies.
             self.precision = Precision("fp32", "a Model Zoo bundle runs in fp32 on the CPU, as MONAI runs it")
