@@ -292,12 +292,12 @@ def test_resume_after_a_real_kill_redoes_only_unfinished_cases(blob_model, tmp_p
     args = [scans, "-o", out, "--model", blob_model, "--workers", "2"]
     process = _start_cohort(args)
     try:
-        wait_for(lambda: len(list((out / "records").glob("*.json"))) >= 2 if (out / "records").is_dir() else False, "two records", 300)
+        wait_for(lambda: len(list((out / "records").glob("[!.]*.json"))) >= 2 if (out / "records").is_dir() else False, "two records", 300)
         os.killpg(process.pid, signal.SIGKILL)  # the run and its workers, with no clean-up (as scancel or a power cut)
     finally:
         process.wait(60)
     assert process.returncode == -signal.SIGKILL
-    finished = {p.stem: p.read_bytes() for p in (out / "records").glob("*.json")}
+    finished = {p.stem: p.read_bytes() for p in (out / "records").glob("[!.]*.json")}
     assert 2 <= len(finished) < 10
     # What a kill during a write leaves: a temporary beside an output of an unfinished case.
     unfinished = sorted(f"case_{index:03d}" for index in range(10) if f"case_{index:03d}" not in finished)
@@ -341,4 +341,4 @@ def test_a_lost_worker_process_is_replaced_and_its_cases_retried(blob_model, coh
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr
     assert "6 segmented, 0 already done, 0 failed" in stdout
-    assert victim not in {read_record(path).worker.pid for path in (out / "records").glob("*.json")}
+    assert victim not in {read_record(path).worker.pid for path in (out / "records").glob("[!.]*.json")}

@@ -37,7 +37,8 @@ def scans(tmp_path_factory):
 
 
 def records(folder):
-    return {path.stem: read_record(path) for path in (folder / "records").glob("*.json")}
+    """The records written so far (not the temporaries of records being written)."""
+    return {path.stem: read_record(path) for path in (folder / "records").glob("[!.]*.json")}
 
 
 def test_actor_pool_outputs_match_one_process(ray_cluster, blob_model, scans, tmp_path):
@@ -65,8 +66,10 @@ def test_a_killed_actor_is_restarted_and_its_case_retried(ray_cluster, blob_mode
     run.join(300)
     summary = outcome["summary"]
     assert (summary.segmented, summary.failed) == (8, 0)
+    # The other actor and the restarted one (a new process) wrote records. (A case whose record was written just
+    # before the kill, but whose result had not come back, is run again by the restarted actor: same files.)
     pids = {record.worker.pid for record in records(out).values()}
-    assert first.worker.pid in pids and len(pids) == 3  # the restarted actor (a new process) took cases too
+    assert len(pids - {first.worker.pid}) == 2
 
 
 def test_cli_joins_a_cluster_by_its_address(ray_cluster, blob_model, scans, tmp_path):

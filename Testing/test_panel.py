@@ -492,7 +492,8 @@ def test_a_volume_beyond_the_resource_guard_shows_one_message(app, make_panel, l
     volume, _ = add_volume(logic.scene, tmp_path, "wrong_unit", shape=(30, 30, 20), spacing=(50.0, 50.0, 50.0))
     panel = make_panel()
     ui = panel.ui
-    panel.models.add_model_folder(str(model))
+    panel.select_model(str(model))  # "Add model..." installs in the background; the folder is usable as it is
+    assert panel.model_folder() == str(model)
     ui.inputSelector.setCurrentNode(volume)
     before = node_ids(logic.scene)
     click(app, ui.segmentButton)

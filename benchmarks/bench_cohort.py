@@ -224,9 +224,9 @@ def main() -> int:
     argv = command("cohort", scans, "-o", out, *base, "--workers", "2")
     records = out / "records"
     killed = timed(
-        "killed run", argv, cohort_line, kill_when=lambda: records.is_dir() and len(list(records.glob("*.json"))) >= args.cases // 2
+        "killed run", argv, cohort_line, kill_when=lambda: records.is_dir() and len(list(records.glob("[!.]*.json"))) >= args.cases // 2
     )
-    finished = len(list(records.glob("*.json")))
+    finished = len(list(records.glob("[!.]*.json")))
     resumed = timed("resumed run", [*argv, "--resume"], cohort_line)
     summary = next(line for line in resumed.stdout.splitlines() if line.startswith("cohort:"))
     redone = int(summary.split(": ")[2].split(" segmented")[0])
