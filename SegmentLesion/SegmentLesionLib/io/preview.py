@@ -38,7 +38,8 @@ def overlay_preview(
     mask = labels[k] > 0
     rgb[mask] = 0.55 * rgb[mask] + 0.45 * np.array([255, 60, 40])
     if truth is not None:
-        truth_slice = sitk.GetArrayViewFromImage(sitk.DICOMOrient(truth, "LPS"))[k] > 0
+        oriented = sitk.DICOMOrient(truth, "LPS")  # kept alive: a SimpleITK array view does not hold its image
+        truth_slice = sitk.GetArrayViewFromImage(oriented)[k] > 0
         from scipy import ndimage
 
         edge = truth_slice & ~ndimage.binary_erosion(truth_slice)
