@@ -319,7 +319,7 @@ def write_blob_dataset(folder: Path, seeds=(11, 12, 13), corrupt: tuple[str, ...
 # only: a model must look at FLAIR too to call enhancing tumour.
 SEQUENCES = ("T1c", "T1", "T2", "FLAIR")
 SEQUENCE_SCALE = {"T1c": (300.0, 40.0), "T1": (500.0, 30.0), "T2": (80.0, 10.0), "FLAIR": (1200.0, 90.0)}  # mean, sd
-TUMOUR_RADII = {"WT": 7.0, "TC": 4.5, "ET": 2.6}  # mm
+TUMOUR_RADII = {"WT": 8.0, "TC": 5.5, "ET": 3.5}  # mm
 
 
 def physical_points(image: sitk.Image) -> np.ndarray:
@@ -376,18 +376,18 @@ def empty_grid(size, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=
     return image
 
 
-def _training_case(rng: np.random.Generator, channels: tuple[str, ...], shape=(32, 32, 32)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _training_case(rng: np.random.Generator, channels: tuple[str, ...], shape=(24, 24, 24)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     from SegmentLesionLib.engine.intensity import normalize_intensity
 
     points = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), axis=-1)
-    centre = [rng.uniform(8.0, n - 8.0) for n in shape]
+    centre = [rng.uniform(5.0, n - 5.0) for n in shape]
     vessels = [[rng.uniform(2.0, n - 2.0) for n in shape] for _ in range(int(rng.integers(0, 3)))]
     masks = tumour_masks(points, centre, vessels)
     data = np.stack([normalize_intensity(sequence_array(name, masks, rng), {"mode": "zscore"}) for name in channels])
     return data, masks
 
 
-def train_sequence_model(folder: Path, activation: str, iterations: int = 150, seed: int = 0) -> Path:
+def train_sequence_model(folder: Path, activation: str, iterations: int = 100, seed: int = 0) -> Path:
     """Train a tiny 3D UNet on tumour-like cases (a few seconds on 2 cores): a real multi-channel model.
 
     ``softmax``: channels T1c and FLAIR, labels edema (1: WT without ET) and enhancing (2: ET).
@@ -404,7 +404,11 @@ def train_sequence_model(folder: Path, activation: str, iterations: int = 150, s
         priority = None
     else:
         channels = SEQUENCES
-        labels = [LabelInfo(1, "Tumor core", [0.2, 0.6, 0.9]), LabelInfo(2, "Whole tumor", [0.9, 0.8, 0.2]), LabelInfo(4, "Enhancing tumor", [0.9, 0.2, 0.2])]
+        labels = [
+            LabelInfo(1, "Tumor core", [0.2, 0.6, 0.9]),
+            LabelInfo(2, "Whole tumor", [0.9, 0.8, 0.2]),
+            LabelInfo(4, "Enhancing tumor", [0.9, 0.2, 0.2]),
+        ]
         priority = [4, 1, 2]
     out_channels = 3
     network_def = {**tiny_network_def(out_channels=out_channels), "in_channels": len(channels), "channels": [8, 16, 32]}
@@ -412,11 +416,11 @@ def train_sequence_model(folder: Path, activation: str, iterations: int = 150, s
     rng = np.random.default_rng(seed)
     network = build_network(network_def)
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if activation == "softmax" else DiceLoss(sigmoid=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True) if activation == "softmax" else DiceLoss(sigmoid=True, batch=True)
     bce = torch.nn.BCEWithLogitsLoss()
     network.train()
     for _ in range(iterations):
-        batch = [_training_case(rng, channels) for _ in range(4)]
+        batch = [_training_case(rng, channels) for _ in range(3)]
         images = torch.from_numpy(np.stack([b[0] for b in batch]))
         if activation == "softmax":
             target = np.stack([np.where(m["ET"], 2, np.where(m["WT"], 1, 0)) for _, m in batch])[:, None]

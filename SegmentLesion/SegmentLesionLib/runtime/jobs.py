@@ -61,6 +61,7 @@ class SegmentationJob:
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     channels: int = 1  # input volumes (one per input channel of the model)
+    channel_node_ids: list[str] = field(default_factory=list)  # the volume node of each channel (several channels)
 
     @property
     def input_path(self) -> Path:

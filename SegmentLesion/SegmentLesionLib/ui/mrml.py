@@ -84,6 +84,7 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
         for node in volume_nodes:
             volume_array(node)  # refuse empty or vector volumes before starting anything
         job = self.worker.new_job(volume_nodes[0].GetID(), options, channels=len(volume_nodes))
+        job.channel_node_ids = [node.GetID() for node in volume_nodes] if len(volume_nodes) > 1 else []
         try:
             for node, path in zip(volume_nodes, job.input_paths):
                 self.write_volume(node, path)
@@ -160,6 +161,7 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
                 model=report.get("model", info.model),
                 settings=report.get("settings"),
                 region_paths=job.region_paths([label.value for label in info.labels]),
+                channel_node_ids=job.channel_node_ids,
             )
         except SegmentLesionError as exc:
             job.state = JobState.FAILED

@@ -33,6 +33,7 @@ PROBABILITY_ROLE = "SegmentLesion.Probability"
 RESULT_ATTRIBUTE = "SegmentLesion.Result"
 MODEL_ATTRIBUTE = "SegmentLesion.Model"
 SETTINGS_ATTRIBUTE = "SegmentLesion.Settings"
+CHANNELS_ATTRIBUTE = "SegmentLesion.Channels"  # JSON list of the input volume node IDs, one per channel (several)
 LABEL_VALUE_TAG = writers.LABEL_VALUE_TAG
 SEGMENT_EDITOR_TAG = "SegmentLesion"
 
@@ -71,6 +72,17 @@ def _json_attribute(node: slicer.vtkMRMLNode, name: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def channel_volumes(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[slicer.vtkMRMLScalarVolumeNode]:
+    """The input volume of each channel a multi-sequence result was made from (empty for a single input, or when
+    one of them has left the scene)."""
+    try:
+        ids = json.loads(segmentation_node.GetAttribute(CHANNELS_ATTRIBUTE) or "[]")
+    except ValueError:
+        return []
+    nodes = [segmentation_node.GetScene().GetNodeByID(str(node_id)) for node_id in ids] if isinstance(ids, list) else []
+    return nodes if nodes and all(node is not None for node in nodes) else []
 
 
 def model_summary(segmentation_node: slicer.vtkMRMLSegmentationNode) -> dict[str, Any]:
@@ -201,12 +213,14 @@ class SceneResults:
         segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
         show_3d: bool = True,
         region_paths: list[str | Path] | None = None,
+        channel_node_ids: list[str] | None = None,
     ) -> slicer.vtkMRMLSegmentationNode:
         """Put a labelmap file (on the volume's grid) into the volume's result segmentation node.
 
         The volume's earlier result (or ``segmentation_node``) is replaced in place, so views and the
         Segment Editor keep showing the same node. Files are read completely before the scene changes.
-        ``region_paths`` (a region model's masks, one per label) give one segment per region, overlapping.
+        ``region_paths`` (a region model's masks, one per label) give one segment per region, overlapping;
+        ``channel_node_ids`` (the input volume of each channel of a multi-sequence model) are kept for the export.
         """
         labelmap = read_on_grid(labelmap_path, volume_node, "vtkMRMLLabelMapVolumeNode")
         masks = [read_on_grid(path, volume_node, "vtkMRMLLabelMapVolumeNode") for path in region_paths or []]
@@ -249,6 +263,7 @@ class SceneResults:
                 self.scene.RemoveNode(node.GetNodeReference(PROBABILITY_ROLE))
             node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(model or {}))
             node.SetAttribute(SETTINGS_ATTRIBUTE, json.dumps(settings or {}))
+            node.SetAttribute(CHANNELS_ATTRIBUTE, json.dumps(list(channel_node_ids or [])))
         finally:
             node.EndModify(was_modifying)
         show_result(node, show_3d)
@@ -304,6 +319,7 @@ class SceneResults:
     probability_node = staticmethod(probability_node)
     model_summary = staticmethod(model_summary)
     settings = staticmethod(settings)
+    channel_volumes = staticmethod(channel_volumes)
 
     def segment_editor_node(self) -> slicer.vtkMRMLSegmentEditorNode:
         """The module's own Segment Editor parameter node (created once per scene)."""

@@ -6,6 +6,7 @@ from typing import Any, Callable, Optional
 
 from ..runtime.jobs import JobEvent, SegmentationJob
 from .channels_section import ChannelsSection
+from .lesions_section import label_groups, lesion_summary
 from .model_section import ModelSection
 from .panel_context import PanelContext, prop
 
@@ -152,5 +153,8 @@ class SegmentSection:
 
     def report_done(self, lesions: list[dict[str, Any]], seconds: float) -> None:
         """The status line after a run: how many lesions, how much, how long."""
+        if len(label_groups(lesions)) > 1:
+            self.set_status(f"Found {lesion_summary(lesions)}, in {seconds:.1f} s. Review and correct below.")
+            return
         total = sum(lesion["volume_ml"] for lesion in lesions)
         self.set_status(f"Found {len(lesions)} lesion(s), {total:.2f} mL, in {seconds:.1f} s. Review and correct below.")
