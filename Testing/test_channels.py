@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 from conftest import SEQUENCES, empty_grid, oblique_direction, physical_points, run_cli, sequence_case, tumour_masks
+from SegmentLesionLib.data.labels import segments_to_labelmap
 from SegmentLesionLib.engine.inference import Segmenter
 from SegmentLesionLib.engine.inputs import align_to_first, match_channels, parse_channel_argument
 from SegmentLesionLib.engine.metrics import dice
@@ -179,6 +180,12 @@ def test_region_model_regions_overlap_and_the_labelmap_follows_its_convention(re
         assert np.array_equal(mask, regions[index])
         flat[mask] = value
     assert np.array_equal(flat, labels)
+    # The export flattens a region model's overlapping segments by its convention, not by refusing them.
+    for priority in (spec.overlap_priority, None):  # without one the smaller (inner) region wins: the same here
+        exported, _ = segments_to_labelmap(segmentation, spec.labels, overlap="model", priority=priority)
+        assert np.array_equal(sitk.GetArrayFromImage(exported), labels)
+    with pytest.raises(InputError, match="overlap in"):
+        segments_to_labelmap(segmentation, spec.labels)
     nifti = write_labelmap(result.labelmap, tmp_path / "case.nii.gz", spec.labels, True, regions, spec.overlap_priority)
     assert np.array_equal(sitk.GetArrayFromImage(read_labelmap(nifti)), labels)
 

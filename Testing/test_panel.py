@@ -26,7 +26,7 @@ QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 
 from conftest import make_model  # noqa: E402
-from SegmentLesionLib.ui import geometry, mrml  # noqa: E402
+from SegmentLesionLib.ui import geometry, mrml, results  # noqa: E402
 from SegmentLesionLib.ui.model_section import MODEL_FOLDERS_KEY  # noqa: E402
 from SegmentLesionLib.ui.panel import SegmentLesionPanel, prop  # noqa: E402
 
@@ -786,6 +786,9 @@ def test_multi_sequence_case_exports_every_channel(app, make_panel, logic, softm
     from monai.data import load_decathlon_datalist
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
+    for node in list(results.nodes_by_class(logic.scene, "vtkMRMLScalarVolumeNode")):
+        if node.GetName().startswith("sub01_"):  # another study's T1c would be the first T1c-like volume
+            logic.scene.RemoveNode(node)
     nodes = add_study(logic.scene, tmp_path, {"T1c": "pat2 T1 post", "FLAIR": "pat2 T2-FLAIR"}, seed=8)
     panel = make_panel(default_model_dir=softmax_sequence_model)
     ui = panel.ui

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlap",
         default="refuse",
         choices=OVERLAP_RULES,
-        help="segments of different labels that overlap: refuse (default), or highest-label (the higher label value wins)",
+        help="segments of different labels that overlap: refuse (default), highest-label (the higher label value wins), or "
+        "model (a region model's own label convention; the default for such models)",
     )
     parser.add_argument("--json", action="store_true", help="print the export summary as JSON")
     parser.set_defaults(handler=run_export)

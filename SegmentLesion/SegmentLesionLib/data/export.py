@@ -251,7 +251,9 @@ def prepare_export(
         validate_case_id(case_id, identity)
     if "dicom-seg" in extra_formats and dicom_folder is None:
         raise InputError("dicom-seg: the image is not a DICOM series folder; a DICOM SEG needs its source series")
-    prepared = _prepare_labels(volume, label, ai_label, labels, overlap)
+    if overlap == "refuse" and spec is not None and spec.activation == "sigmoid" and len(spec.labels) > 1:
+        overlap = "model"  # a region model's segments overlap by design: its own label convention flattens them
+    prepared = _prepare_labels(volume, label, ai_label, labels, overlap, spec.overlap_priority if spec else None)
     provenance, warnings = _build_provenance(prepared, volume, source, spec, labels, meta, report)
     provenance.case_id = case_id or ""
     dicom_segmentation = None
@@ -302,14 +304,19 @@ def _other_channels(volume: sitk.Image, sources: list[Any], names: list[str]) ->
 
 
 def _prepare_labels(
-    volume: sitk.Image, label: LabelSource, ai_label: LabelSource | None, labels: list[LabelInfo], overlap: str
+    volume: sitk.Image,
+    label: LabelSource,
+    ai_label: LabelSource | None,
+    labels: list[LabelInfo],
+    overlap: str,
+    priority: list[int] | None = None,
 ) -> dict[str, tuple[sitk.Image, LabelRecord]]:
     """The corrected (``label``) and AI (``ai_label``) labelmaps on the image grid, with their label records."""
     result = {}
     for role, source, where in (("label", label, "label"), ("ai_label", ai_label, "AI label")):
         if source is None:
             continue
-        labelmap, record = read_label(source, labels, where, overlap)
+        labelmap, record = read_label(source, labels, where, overlap, priority)
         labelmap, record.resampled = label_on_image_grid(labelmap, volume, where)
         result[role] = (labelmap, record)
     return result
@@ -495,7 +502,8 @@ def export_case(
         output_dir: folder for ``formats`` (outside the dataset).
         dicom_series: the source DICOM series folder when ``image`` is not that folder (an image from Slicer).
         identity: extra identity strings (patient name, ID...) the case ID must not contain.
-        overlap: ``"refuse"`` overlapping segments of different labels, or ``"highest-label"`` wins.
+        overlap: ``"refuse"`` overlapping segments of different labels, or ``"highest-label"`` wins, or ``"model"``:
+            a region model's own label convention (the default for a sigmoid region model).
 
     Returns:
         A summary: ``case_id``, ``dataset``, ``files`` (absolute paths), ``extra_files``, ``replaced``,
