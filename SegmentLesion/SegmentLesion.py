@@ -201,7 +201,7 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.lesions,
             error_context=lambda message: slicer.util.tryWithErrorDisplay(message, waitCursor=False),
             ask=lambda question: slicer.util.confirmYesNoDisplay(question),
-            choose_folder=lambda title: qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title),
+            choose_folder=chooseModel,
             settings=qt.QSettings(),
             default_model_dir=DEFAULT_MODEL_DIR,
             needs_packages=self.logic.ensureDependencies,
@@ -305,6 +305,12 @@ def newVolumeSelector():
     selector.removeEnabled = False
     selector.setMRMLScene(slicer.mrmlScene)
     return selector
+
+
+def chooseModel(title: str) -> str:
+    """What "Add model..." installs: a MONAI bundle .zip, or a model folder by its configs/metadata.json."""
+    chosen = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), title, "", "MONAI bundle (*.zip metadata.json)")
+    return chosen[0] if isinstance(chosen, tuple) else (chosen or "")
 
 
 def pythonExecutable() -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from SegmentLesionLib.engine import brain_mask
 from SegmentLesionLib.engine.inference import Segmenter, SegmentOptions
 
@@ -22,7 +21,9 @@ SAMPLE = Path(__file__).resolve().parent.parent / "SegmentLesion" / "Resources" 
 
 def resample(image: sitk.Image, spacing: tuple[float, float, float]) -> sitk.Image:
     size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing, image.GetDirection(), 0.0, sitk.sitkFloat32)
+    return sitk.Resample(
+        image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing, image.GetDirection(), 0.0, sitk.sitkFloat32
+    )
 
 
 def scaled(image: sitk.Image, top: float, pixel: int) -> sitk.Image:

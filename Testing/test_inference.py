@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import blob_volume, make_model, make_volume, oblique_direction
@@ -205,3 +206,50 @@ def test_model_grid_from_a_header_matches_the_image(blob_model):
     from_image = preprocess.model_grid(image, "RAS", [1.5, 1.5, 1.5])
     from_grid = preprocess.model_grid(preprocess.Grid.of(image), "RAS", [1.5, 1.5, 1.5])
     assert from_image == from_grid
+
+
+@pytest.mark.parametrize("degrees, permuted", [(0.005, True), (0.2, False)])
+def test_a_slightly_oblique_volume_is_permuted_only_when_no_voxel_moves(degrees, permuted):
+    """Found by the fuzz suite: a 0.2 degree rotation passed as axis-aligned (its cosines are 0.99999), and the
+    far corner of a 200-voxel row landed two voxels away when the result came back onto the input's grid."""
+    index = np.arange(40 * 200 * 200, dtype=np.float32).reshape(40, 200, 200)
+    image = sitk.GetImageFromArray(index)
+    image.SetSpacing((0.7, 0.7, 2.0))
+    image.SetDirection(oblique_direction(degrees))
+    grid, exact = preprocess.model_grid(image, "RAS", None)
+    assert exact == permuted
+    if exact:  # every voxel comes back to itself, as the engine maps the result back
+        model_image = preprocess.to_model_grid(image, grid, exact)
+        back = preprocess.Grid.of(image).resample(model_image, sitk.sitkNearestNeighbor)
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), index)
+
+
+@pytest.mark.parametrize("case", ["permuted", "oblique", "model spacing"])
+def test_lesions_found_in_their_box_are_those_of_the_full_grid(blob_model, tmp_path, case):
+    """Post-processing runs only in the box of the input grid where the probability can reach the threshold; the
+    full probability map (resampled on demand) gives the same labelmap, lesion ids and report."""
+    import shutil
+
+    from SegmentLesionLib.engine import postprocess
+    from SegmentLesionLib.io.volume import ijk_to_ras_matrix
+
+    folder = tmp_path / "model"
+    shutil.copytree(blob_model, folder)
+    if case == "model spacing":  # a model grid finer than the input's, and not aligned with it
+        metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+        metadata["segment_lesion"]["spacing"] = [0.8, 0.8, 0.8]
+        (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    direction = oblique_direction(25) if case == "oblique" else (0, 0, 1, 1, 0, 0, 0, -1, 0)
+    image = _with_geometry(blob_volume(seed=7, shape=(44, 40, 48))[0], (1.1, 0.9, 1.3), direction)
+    options = SegmentOptions(threshold=0.3, min_lesion_mm3=0.0)
+    result = Segmenter(folder, "cpu").segment(image, options)
+    assert result.box is not None and len(result.lesions) >= 1
+    probability = sitk.GetArrayViewFromImage(result.probability)
+    _assert_same_grid(result.probability, image)
+    found = postprocess.find_lesions(probability, image.GetSpacing(), threshold=0.3, min_lesion_mm3=0.0, fill_holes=True)
+    assert (sitk.GetArrayViewFromImage(result.labelmap) == found.labelmap).all()
+    assert (result.components == found.components).all() and found.count == len(result.lesions)
+    expected = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(result.labelmap), probability, found.labelmap)
+    assert result.lesions == expected
+    box_voxels = np.prod([s.stop - s.start for s in result.box])
+    assert box_voxels < probability.size  # the box is smaller than the volume: the test covers the cropping

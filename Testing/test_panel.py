@@ -207,9 +207,9 @@ def run_until(app, condition, timeout=60.0):
         time.sleep(0.02)
 
 
-def add_volume(scene, tmp_path, name, shape=(20, 24, 28)):
+def add_volume(scene, tmp_path, name, shape=(20, 24, 28), spacing=(1.0, 1.2, 1.5)):
     image = sitk.GetImageFromArray(np.random.default_rng(1).normal(100, 10, shape).astype(np.float32))
-    image.SetSpacing((1.0, 1.2, 1.5))
+    image.SetSpacing(spacing)
     sitk.WriteImage(image, str(tmp_path / f"{name}.nrrd"))
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -299,15 +299,19 @@ def test_segment_fills_the_table_and_the_editor_follows(app, make_panel, logic, 
     assert len(expected) > 0 and ui.lesionTable.rowCount() == len(expected)
     for row, lesion in enumerate(expected):
         cells = [ui.lesionTable.item(row, column).text() for column in range(4)]
-        assert cells == [
-            str(lesion["id"]),
-            f"{lesion['volume_ml']:.3f}",
-            f"{lesion['max_diameter_mm']:.1f}",
-            f"{lesion['mean_probability']:.2f}",
-        ]
+        assert cells[:3] == [str(lesion["id"]), f"{lesion['volume_ml']:.3f}", f"{lesion['max_diameter_mm']:.1f}"]
+        # The report rounds the mean to 4 decimals before the table shows 2: a mean of 0.95500 may show as 0.95.
+        assert float(cells[3]) == pytest.approx(lesion["mean_probability"], abs=0.0051)
     assert f"Found {len(expected)} lesion(s)" in prop(ui.statusLabel, "text")
     assert ui.segmentEditorWidget.segmentation_node is node and ui.segmentEditorWidget.source_volume is volume
     assert logic.settings(node)["threshold"] == pytest.approx(prop(ui.thresholdSliderWidget, "value"))
+    # The precision the worker runs in is in the result's settings and beside the device it names.
+    from SegmentLesionLib.engine.precision import choose_precision
+
+    precision = logic.settings(node)["precision"]
+    assert precision == choose_precision("auto", "cpu").name
+    cpu_entry = [ui.deviceComboBox.itemText(i) for i in range(ui.deviceComboBox.count()) if ui.deviceComboBox.itemData(i) == "cpu"]
+    assert len(cpu_entry) == 1 and cpu_entry[0].startswith("CPU (") and cpu_entry[0].endswith(f" threads, {precision})")
 
     # Clicking a row centres the slice views on that lesion.
     panel.lesions.on_lesion_clicked(0)
@@ -486,8 +490,8 @@ def test_a_failing_model_shows_one_message(app, make_panel, logic, tmp_path):
     volume, _ = add_volume(logic.scene, tmp_path, "other")
     panel = make_panel()
     ui = panel.ui
-    panel.models.add_model_folder(str(broken))
-    assert panel.model_folder() == str(broken.resolve()) and panel.dialogs.messages == []
+    panel.select_model(str(broken))  # "Add model..." would refuse it (it loads the model once); a remembered folder can break
+    assert panel.model_folder() == str(broken) and panel.dialogs.messages == []
     ui.inputSelector.setCurrentNode(volume)
     before = node_ids(logic.scene)
     click(app, ui.segmentButton)
@@ -502,6 +506,69 @@ def test_a_failing_model_shows_one_message(app, make_panel, logic, tmp_path):
         and "cannot be loaded safely as weights" in panel.dialogs.messages[0]
     )
     assert prop(ui.segmentButton, "text") == "Segment" and node_ids(logic.scene) == before
+
+
+def test_a_volume_beyond_the_resource_guard_shows_one_message(app, make_panel, logic, tmp_path):
+    """Issue 16: 50 mm voxels (a header in the wrong unit) would need 667 million voxels at the model's 1.5 mm."""
+    model = make_model(tmp_path / "model_1.5mm", spacing=[1.5, 1.5, 1.5])
+    volume, _ = add_volume(logic.scene, tmp_path, "wrong_unit", shape=(30, 30, 20), spacing=(50.0, 50.0, 50.0))
+    panel = make_panel()
+    ui = panel.ui
+    panel.models.add_model_folder(str(model))
+    ui.inputSelector.setCurrentNode(volume)
+    before = node_ids(logic.scene)
+    click(app, ui.segmentButton)
+    run_until(app, lambda: not panel.running)
+    for _ in range(10):  # nothing else arrives for the refused request
+        panel.poll()
+        time.sleep(0.02)
+    assert len(panel.dialogs.messages) == 1, panel.dialogs.messages
+    message = panel.dialogs.messages[0]
+    assert message.startswith("Segmentation failed.\n\n") and "check the spacing: the header says 50 mm voxels" in message
+    assert "667 million voxels" in message and "next Segment" not in message  # the worker lives on
+    assert prop(ui.statusLabel, "text") == "Segmentation failed: the scene is unchanged."
+    assert prop(ui.segmentButton, "text") == "Segment" and node_ids(logic.scene) == before
+    assert logic.worker.client.running
+
+
+def test_add_model_installs_a_model_zoo_zip_in_the_background(app, make_panel, tmp_path):
+    import json
+    import zipfile
+
+    from model_zoo_runs import make_bundle
+    from SegmentLesionLib.learning.registry import Registry
+
+    bundle = make_bundle("spleen_ct_segmentation", tmp_path / "zoo" / "spleen_ct_segmentation")
+    archive = tmp_path / "spleen_ct_segmentation_v0.5.9.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            zipped.write(path, path.relative_to(bundle.parent).as_posix())
+    panel = make_panel()
+    ui = panel.ui
+    panel.models.choose_folder = lambda title: str(archive)
+    click(app, ui.addModelFolderButton)
+    assert panel.models.busy and "Installing" in prop(ui.modelInfoLabel, "text")
+    run_until(app, lambda: not panel.models.busy, timeout=120)
+    assert panel.dialogs.messages == []
+    registry = Registry(panel.promotion.registry_path)
+    (entry,) = registry.entries()
+    installed = str(registry.folder(entry))
+    assert entry.name == "Spleen CT segmentation" and panel.model_folder() == installed
+    assert "labels: spleen" in prop(ui.modelInfoLabel, "text") and installed in panel.models.saved_model_folders()
+
+    # A bundle with a code payload: refused with one message quoting it, nothing registered, nothing run.
+    marker = tmp_path / "pwned"
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["cleanup"] = f"$__import__('os').system('touch {marker}')"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    archive.unlink()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            zipped.write(path, path.relative_to(bundle.parent).as_posix())
+    click(app, ui.addModelFolderButton)
+    run_until(app, lambda: not panel.models.busy, timeout=120)
+    assert len(panel.dialogs.messages) == 1 and config["cleanup"] in panel.dialogs.messages[0]
+    assert len(registry.entries()) == 1 and not marker.exists() and panel.model_folder() == installed
 
 
 # --- the files Slicer builds the module from -----------------------------------------------------------------

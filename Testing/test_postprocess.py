@@ -102,3 +102,31 @@ def test_lesion_report_record_round_trips_the_json_shape():
     assert set(data["lesions"][0]) == {"id", "voxels", "volume_ml", "centroid_ras", "max_diameter_mm", "mean_probability"}
     assert data["total_volume_ml"] == 0.008 and data["input"] == {"size": [6, 6, 6], "spacing": [1.0, 1.0, 1.0]}
     assert LesionReport.from_json(data) == report
+
+
+def test_fill_holes_is_scipys_in_one_pass():
+    from scipy import ndimage
+    from SegmentLesionLib.engine.regions import fill_holes
+
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        mask = rng.random(tuple(rng.integers(1, 10, 3))) < rng.uniform(0.2, 0.9)
+        assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()
+    shell = np.zeros((9, 9, 9), bool)
+    shell[2:7, 2:7, 2:7] = True
+    shell[3:6, 3:6, 3:6] = False  # a closed cavity: filled
+    filled = fill_holes(shell)
+    assert filled[4, 4, 4] and filled.sum() == 125
+    shell[2, 4, 4] = False  # a 6-connected tunnel to the outside: no longer a cavity
+    assert not fill_holes(shell)[4, 4, 4]
+
+
+def test_compact_labels_fall_back_to_int32_beyond_uint16():
+    from SegmentLesionLib.engine.regions import label_components
+
+    dots = np.zeros((84, 84, 84), bool)
+    dots[::2, ::2, ::2] = True  # 42^3 = 74088 isolated voxels: more components than uint16 holds
+    labels, count = label_components(dots, compact=True)
+    assert count == 42**3 and labels.dtype == np.int32 and labels.max() == count
+    labels, count = label_components(dots[:20], compact=True)
+    assert labels.dtype == np.uint16 and count == 10 * 42 * 42

@@ -234,3 +234,90 @@ def test_preview_png_written_by_simpleitk(tmp_path):
     assert png.GetNumberOfComponentsPerPixel() == 3 and png.GetSize() == (60, 80)  # rows doubled again: 2 mm
     rgb = sitk.GetArrayFromImage(png)
     assert (rgb[..., 0].astype(int) - rgb[..., 1] > 60).any()  # red lesion overlay
+
+
+# ------------------------------------------------------------------ what the fuzz suite found (test_fuzz_input.py)
+# A direction with round-off entries (1e-15 and a subnormal 1e-272, as rotations computed in floating point leave)
+ROUND_OFF_DIRECTION = (-1.767859217843229e-272, 1.0, 7.555063015875596e-15, -6.155355845711239e-15, -7.555063015875596e-15, 1.0)
+ROUND_OFF_DIRECTION += (1.0, 1.767859217843229e-272, 6.155355845711239e-15)
+
+
+def _nibabel_nifti(path, direction_lps, spacing, origin_lps, array):
+    """A NIfTI written by nibabel (sform only, as many pipelines write them)."""
+    import nibabel
+
+    affine = np.eye(4)
+    flip = np.diag([-1.0, -1.0, 1.0])  # LPS -> RAS
+    affine[:3, :3] = flip @ np.asarray(direction_lps, float).reshape(3, 3) * np.asarray(spacing, float)
+    affine[:3, 3] = flip @ np.asarray(origin_lps, float)
+    nibabel.save(nibabel.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def test_a_valid_sform_that_itk_refuses_is_read_with_nibabel(tmp_path):
+    from SegmentLesionLib.io.volume import read_header
+
+    array = np.random.default_rng(0).normal(100, 10, (3, 20, 16)).astype(np.float32)  # nibabel's (x, y, z)
+    spacing, origin = (1.5, 0.0077, 0.5), (1e5, -99999.0, 1e5)
+    path = _nibabel_nifti(tmp_path / "far.nii.gz", ROUND_OFF_DIRECTION, spacing, origin, array)
+    with pytest.raises(RuntimeError, match="orthonormal"):  # ITK's float32 check fails on a valid, far-off grid
+        sitk.ReadImage(str(path))
+    image = read_volume(path)
+    assert image.GetSize() == (3, 20, 16)
+    np.testing.assert_allclose(image.GetSpacing(), spacing, rtol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), origin, rtol=1e-7)
+    np.testing.assert_allclose(image.GetDirection(), ROUND_OFF_DIRECTION, atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), array.T)
+    header = read_header(path)
+    assert header.size == (3, 20, 16) and header.direction == image.GetDirection()
+
+
+def test_a_sheared_nifti_is_refused_in_one_line(tmp_path):
+    import nibabel
+
+    path = tmp_path / "shear.nii.gz"
+    affine = np.eye(4)
+    affine[0, 1] = 0.3  # the second axis leans on the first: no voxel grid has this geometry
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), str(path))
+    _expect_error(path, "holds a shear")
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_nan_in_a_nifti_is_replaced_as_in_other_formats(tmp_path, caplog, ext):
+    image = make_volume()
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(tmp_path / f"nan{ext}"))
+    sitk.WriteImage(bad, str(tmp_path / "nan.mha"))
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"nan{ext}")))[0, 0, :3] == 0).all()  # ITK makes them zeros
+    from_nifti = sitk.GetArrayFromImage(read_volume(tmp_path / f"nan{ext}"))
+    np.testing.assert_array_equal(from_nifti, sitk.GetArrayFromImage(read_volume(tmp_path / "nan.mha")))
+    assert from_nifti[0, 0, 0] == np.nanmin(array[np.isfinite(array)])
+    assert caplog.text.count("3 non-finite voxels") == 2
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), np.nan, np.float32)), str(tmp_path / "all_nan.nii.gz"))
+    _expect_error(tmp_path / "all_nan.nii.gz", "no voxel holds a usable intensity")  # not an empty image of zeros
+
+
+def test_round_off_direction_entries_are_read_as_zeros(tmp_path):
+    image = make_volume(shape_kji=(6, 7, 8))
+    image.SetDirection(ROUND_OFF_DIRECTION)
+    path = tmp_path / "round_off.nrrd"
+    sitk.WriteImage(image, str(path))
+    assert read_volume(path).GetDirection() == (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+
+
+def test_quiet_itk_keeps_what_itk_prints_itself_off_the_terminal(capfd, caplog):
+    from SegmentLesionLib.io.volume import quiet_itk
+
+    direction = (-5.2e-24, -1.616e-321, 1.0, -2.5e-14, 1.0, 1.616e-321, 1.0, 2.5e-14, 5.2e-24)
+    # VNL's SVD (inverting the direction) complains about the subnormal entries
+    sitk.Image([2, 25, 15], sitk.sitkUInt8).SetDirection(direction)
+    assert "vnl_svd" in capfd.readouterr().err  # straight to the process's stderr, not through ITK's warnings
+    caplog.set_level("DEBUG", logger="SegmentLesion")
+    with quiet_itk():
+        sitk.Image([2, 25, 15], sitk.sitkUInt8).SetDirection(direction)
+    assert capfd.readouterr().err == ""
+    assert "ITK printed" in caplog.text and "vnl_svd" in caplog.text

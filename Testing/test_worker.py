@@ -142,8 +142,10 @@ def test_the_wire_format_is_the_documented_one():
     assert parse_event(done) == DoneEvent("7", "/o", "/r", 2, 4.1) and DoneEvent("7", "/o", "/r", 2, 4.1).to_json() == done
     progress = {"event": "progress", "id": "7", "done": 3, "total": 12, "stage": "inference"}
     assert parse_event(progress).to_json() == progress and isinstance(parse_event(progress), ProgressEvent)
-    ready = {"event": "ready", "model": {"name": "M"}, "device": "CPU", "labels": []}
-    assert parse_event(ready) == ReadyEvent({"name": "M"}, "CPU", []) and parse_event(ready).to_json() == ready
+    ready = {"event": "ready", "model": {"name": "M"}, "device": "CPU (2 threads, bf16)", "labels": [], "precision": "bf16"}
+    assert parse_event(ready) == ReadyEvent({"name": "M"}, "CPU (2 threads, bf16)", [], "bf16") and parse_event(ready).to_json() == ready
+    older = {"event": "ready", "model": {"name": "M"}, "device": "CPU", "labels": []}  # a worker from before precision
+    assert parse_event(older) == ReadyEvent({"name": "M"}, "CPU", [], "")
     assert parse_event({"event": "from a newer worker"}) is None
 
 
@@ -171,3 +173,27 @@ def test_malformed_requests_get_one_error_each_and_serving_goes_on():
     assert [(e["event"], e.get("id")) for e in out.lines] == [("error", None), ("error", "3"), ("error", "4"), ("pong", None)]
     assert "malformed request: not json" in out.lines[0]["message"] and "'input'" in out.lines[1]["message"]
     assert "unknown command 'dance'" in out.lines[2]["message"]
+
+
+def test_a_volume_beyond_the_resource_guard_gets_one_error_and_serving_goes_on(tmp_path):
+    """Issue 16: a header in the wrong unit (50 mm voxels) is refused from the header, in one event, before allocating."""
+    from conftest import make_model
+
+    model = make_model(tmp_path / "model", spacing=[1.5, 1.5, 1.5])
+    wrong_unit = tmp_path / "spacing50.nii.gz"
+    sitk.WriteImage(make_volume(shape_kji=(30, 30, 20), spacing=(50.0, 50.0, 50.0)), str(wrong_unit))
+    small = tmp_path / "small.nii.gz"
+    sitk.WriteImage(make_volume(shape_kji=(20, 20, 20)), str(small))
+    client = WorkerClient(model, device="cpu")
+    try:
+        assert client.wait(("ready", "error", "exit"), timeout=120)[-1].event == "ready"
+        refused = client.segment(wrong_unit, tmp_path / "refused.seg.nrrd")
+        events = client.wait(job_id=refused, timeout=120)
+        assert [e.event for e in events if e.event != "progress"] == ["error"]
+        assert not any(e.event == "progress" and e.stage == "inference" for e in events)
+        assert "check the spacing: the header says 50 mm voxels" in events[-1].message and "\n" not in events[-1].message
+        assert not (tmp_path / "refused.seg.nrrd").exists() and not (tmp_path / "refused.lesions.json").exists()
+        again = client.segment(small, tmp_path / "small.seg.nrrd")
+        assert client.wait(job_id=again, timeout=120)[-1].event == "done"
+    finally:
+        client.close()

@@ -10,11 +10,23 @@ from typing import Callable
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # engine.precision.REQUESTS (not imported: it loads torch)
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     """``--device auto|cpu|cuda`` (auto: CUDA with mixed precision when present, else the CPU)."""
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` (auto: bf16 on CPUs with AMX or AVX-512 BF16, fp16 on CUDA, else fp32)."""
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="network precision (default auto: bf16 where the CPU has it natively, fp16 on CUDA, else fp32; "
+        "a model whose metadata forbids reduced precision runs in fp32)",
+    )
 
 
 def add_model_option(parser: argparse.ArgumentParser, help: str = "model folder (default: the bundled default model)") -> None:

@@ -43,7 +43,7 @@ def run_demo(output: Path, model_dir: str | None = None, device: str = "auto") -
     segmenter = Segmenter(model_dir, device)
     load_s = time.perf_counter() - start
     spec = segmenter.spec
-    print(f"model: {spec.name} {spec.version} on {device_description(segmenter.device)} (loaded in {load_s:.1f} s)")
+    print(f"model: {spec.name} {spec.version} on {device_description(segmenter.device, segmenter.precision)} (loaded in {load_s:.1f} s)")
     print(f"sample: {SAMPLE_IMAGE.name} (a generated case: synthetic lesions inserted into the real Colin27 brain MRI)")
     image = read_volume(SAMPLE_IMAGE)
     start = time.perf_counter()

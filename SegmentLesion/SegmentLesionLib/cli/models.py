@@ -1,4 +1,4 @@
-"""``models``: the model registry from the command line (list, add, evaluate, compare, promote, rollback, history, path)."""
+"""``models``: the model registry from the command line (install, list, add, evaluate, compare, promote, rollback, history, path)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--registry", help=REGISTRY_HELP)
     parser = subparsers.add_parser(
         "models",
-        help="model versions: list, add, evaluate, compare, promote, rollback, history",
+        help="model versions: install, list, add, evaluate, compare, promote, rollback, history",
         description="A local registry of model versions with one active model. `promote` activates a candidate "
         "only when it scores at least as well as the active model on a fixed evaluation dataset.",
     )
     sub = parser.add_subparsers(dest="models_command", required=True)
 
     sub.add_parser("list", parents=[common], help="list the registered versions (* = active)").set_defaults(handler=run_list)
+
+    install = sub.add_parser(
+        "install",
+        parents=[common],
+        help="install a MONAI bundle offline: a .zip as the Model Zoo distributes it, or a folder",
+        description="Verify the checksum (when given), load the model once to validate it, and register it "
+        "(the first one becomes active). Nothing is downloaded.",
+    )
+    install.add_argument("source", metavar="ARCHIVE_OR_FOLDER", help="bundle .zip (e.g. spleen_ct_segmentation_v0.5.9.zip) or model folder")
+    install.add_argument("--sha256", metavar="HEX", help="expected sha256 of the archive (of the weights file, for a folder)")
+    install.add_argument("--json", action="store_true", help="print the new version's entry as one line of JSON")
+    install.set_defaults(handler=run_install)
 
     add = sub.add_parser("add", parents=[common], help="copy a model folder into the registry (the first one becomes active)")
     add.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled default model)")
@@ -168,20 +180,33 @@ def run_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_install(args: argparse.Namespace) -> int:
+    """``models install ARCHIVE_OR_FOLDER [--sha256 HEX]``."""
+    registry = _registry(args)
+    entry = registry.install(args.source, args.sha256)
+    return _print_added(registry, entry, args.json, "installed")
+
+
+def _print_added(registry: Registry, entry: Any, as_json: bool, verb: str) -> int:
+    active = registry.index().active == entry.id
+    if as_json:
+        print(json.dumps({**entry.to_json(), "path": str(registry.folder(entry)), "active": active}))
+        return 0
+    parent = f", parent {entry.parent_id}" if entry.parent_id else ""
+    state = " (active)" if active else ""
+    print(f"{verb} {entry.id}: {entry.name} {entry.version} sha256 {entry.sha256[:12]}{parent}{state}")
+    if verb == "installed":
+        print(f"segment with: segment-lesion segment INPUT --model {registry.folder(entry)} --output OUT")
+    return 0
+
+
 def run_add(args: argparse.Namespace) -> int:
     """``models add [MODEL_DIR]``: the bundled default model when no folder is given."""
     from ..models.spec import default_model_dir
 
     registry = _registry(args)
     entry = registry.add(Path(args.model) if args.model else default_model_dir(), parent=args.parent)
-    active = registry.index().active == entry.id
-    if args.json:
-        print(json.dumps({**entry.to_json(), "path": str(registry.folder(entry)), "active": active}))
-        return 0
-    parent = f", parent {entry.parent_id}" if entry.parent_id else ""
-    state = " (active)" if active else ""
-    print(f"added {entry.id}: {entry.name} {entry.version} sha256 {entry.sha256[:12]}{parent}{state}")
-    return 0
+    return _print_added(registry, entry, args.json, "added")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

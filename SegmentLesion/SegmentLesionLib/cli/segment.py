@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import EXIT_ERROR, add_device_option, add_model_option, console_progress, end_progress_line
+from .common import EXIT_ERROR, add_device_option, add_model_option, add_precision_option, console_progress, end_progress_line
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -16,6 +16,7 @@ logger = logging.getLogger("SegmentLesion")
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
     add_model_option(parser)
     add_device_option(parser)
+    add_precision_option(parser)
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     parser.add_argument("--min-size", type=float, dest="min_lesion_mm3", help="minimum lesion size in mm^3 (default: the model's)")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep cavities inside lesions")
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker = subparsers.add_parser("worker", help="serve segmentation requests as JSON lines on stdin/stdout (used by the Slicer panel)")
     add_model_option(worker)
     add_device_option(worker)
+    add_precision_option(worker)
     worker.set_defaults(handler=run_worker)
 
 
@@ -126,7 +128,7 @@ def run_segment(args: argparse.Namespace) -> int:
         for path in (output, report_path(output)):
             if path.exists() and not args.overwrite:
                 raise InputError(f"{path}: already exists (use --overwrite to replace it)")
-    segmenter = Segmenter(args.model, args.device)
+    segmenter = Segmenter(args.model, args.device, args.precision)
     options = SegmentOptions(
         args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels, args.brain_mask
     )
@@ -165,7 +167,7 @@ def run_worker(args: argparse.Namespace) -> int:
     """``worker``: serve requests until stdin closes."""
     from ..runtime.worker import serve
 
-    return serve(args.model, args.device)
+    return serve(args.model, args.device, args.precision)
 
 
 def run_demo(args: argparse.Namespace) -> int:

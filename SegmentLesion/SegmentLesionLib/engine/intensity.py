@@ -24,11 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ..io.volume import INTENSITY_LIMIT as HUGE
 from ..io.volume import usable_mask
-from .regions import bounding_box, label_components
+from .regions import bounding_box, fill_holes, label_components
 
 SAMPLE_LIMIT = 4_000_000  # voxels used for quantiles: a regular subsample keeps them fast on large grids
 OUTLIER_MARGIN = 2.0
@@ -109,7 +108,7 @@ def _threshold_mask(data: np.ndarray, values: np.ndarray) -> np.ndarray | None:
     sizes[0] = 0
     keep = sizes >= COMPONENT_FRACTION * sizes.max()
     keep[0] = False
-    return ndimage.binary_fill_holes(keep[labels])
+    return fill_holes(keep[labels])
 
 
 def normalize_intensity(array: np.ndarray, settings: dict[str, Any]) -> np.ndarray:

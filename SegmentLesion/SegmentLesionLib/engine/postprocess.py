@@ -16,6 +16,7 @@ from scipy.spatial.distance import pdist
 
 from ..io.writers import Lesion
 from .regions import bounding_box, full_connectivity, label_components
+from .regions import fill_holes as fill_cavities
 
 
 @dataclass
@@ -51,6 +52,7 @@ def find_lesions(
     Returns:
         The labelmap (uint8), the lesion components (numbered 1..N by decreasing volume) and N.
     """
+    # Full-size arrays are np.zeros: pages outside the lesions' box are never touched, so they cost no memory.
     shape = probability.shape
     labelmap = np.zeros(shape, dtype=np.uint8)
     components = np.zeros(shape, dtype=np.uint16)
@@ -61,8 +63,9 @@ def find_lesions(
     mask = mask_full[box]
     del mask_full
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
-    labelled, count = label_components(mask)
+        mask = fill_cavities(mask)
+    labelled, count = label_components(mask, compact=True)
+    del mask
     voxel_mm3 = float(np.prod(spacing))
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
     keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3]
@@ -70,8 +73,14 @@ def find_lesions(
         raise ValueError("more than 65535 lesions: the probability map is not a lesion map (check the threshold)")
     renumber = np.zeros(count + 1, dtype=np.uint16)
     renumber[keep] = np.arange(1, len(keep) + 1, dtype=np.uint16)
-    box_components = renumber[labelled]
+    if labelled.dtype == np.uint16:  # renumber in place (each voxel is read before it is written)
+        box_components = np.take(renumber, labelled, out=labelled, mode="clip")
+    else:
+        box_components = renumber[labelled]
+    del labelled
     components[box] = box_components
+    del box_components
+    box_components = components[box]
     lesion_voxels = box_components > 0
     if classes is None:
         labelmap[box][lesion_voxels] = label_value

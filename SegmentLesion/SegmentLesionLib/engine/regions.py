@@ -11,10 +11,39 @@ def full_connectivity(ndim: int = 3) -> np.ndarray:
     return np.ones((3,) * ndim, dtype=bool)
 
 
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Number the fully connected components of a boolean mask: ``(labels, count)``, labels 1..count, 0 outside."""
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=full_connectivity(np.ndim(mask)))
+def label_components(mask: np.ndarray, compact: bool = False) -> tuple[np.ndarray, int]:
+    """Number the fully connected components of a boolean mask: ``(labels, count)``, labels 1..count, 0 outside.
+
+    ``compact``: uint16 labels when there are fewer than 65536 components (half the memory of int32), else int32.
+    """
+    return _label(np.asarray(mask, dtype=bool), full_connectivity(np.ndim(mask)), compact)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray | None, compact: bool) -> tuple[np.ndarray, int]:
+    if compact:
+        labels = np.empty(mask.shape, dtype=np.uint16)
+        try:
+            return labels, int(ndimage.label(mask, structure=structure, output=labels))
+        except RuntimeError:  # more components than uint16 holds
+            del labels
+    labels, count = ndimage.label(mask, structure=structure)
     return labels, int(count)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` with its default structure: background voxels not 6-connected to the
+    array's border become foreground. One labelling pass of the background instead of a dilation repeated until
+    nothing changes, which takes seconds on a large box (same result, tested)."""
+    mask = np.asarray(mask, dtype=bool)
+    background, count = _label(~mask, None, compact=True)  # None: 6-connectivity, as binary_fill_holes
+    if count == 0:
+        return mask.copy()
+    outside = np.zeros(count + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        for end in (0, -1):
+            outside[np.take(background, end, axis=axis)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[background]
 
 
 def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:

@@ -8,10 +8,10 @@ No metadata from the input (DICOM tags, NIfTI descriptions) is ever copied to an
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import os
-import zlib
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from . import nifti
 from .files import atomic_path, file_extension
 
 logger = logging.getLogger("SegmentLesion")
@@ -29,6 +30,10 @@ LABELMAP_OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 # Beyond any scanner's intensity: float32 "no data" fills such as -3.4e38 are treated like NaN, since float32
 # arithmetic on them overflows.
 INTENSITY_LIMIT = 1e30
+# Direction entries below this are round-off (cos 90 degrees is 6e-17; some writers leave 1e-312): they are made
+# exact zeros on reading. VNL's SVD, which ITK runs whenever a direction is set or written, prints warnings about
+# subnormal entries, and ITK's float32 NIfTI check refuses sforms that carry such round-off far from the origin.
+DIRECTION_ROUND_OFF = 1e-12
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,42 @@ class VolumeHeader:
 
 @contextlib.contextmanager
 def quiet_itk() -> Iterator[None]:
-    """Keep ITK's own warnings (printed straight to the terminal) quiet: our checks report the problem instead."""
+    """Keep ITK off the terminal: its warnings, and what its libraries (VNL, GDCM, NIfTI) print straight to the
+    process's stderr, are logged at debug level instead; our checks report the problem in our own words."""
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with _stderr_to_debug_log("ITK"):
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+@contextlib.contextmanager
+def _stderr_to_debug_log(source: str) -> Iterator[None]:
+    """Send what C++ code writes to file descriptor 2 during the block to the debug log."""
+    try:
+        sys.stderr.flush()  # our own pending text goes out first, not into the capture
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr at all (a GUI process on Windows): nothing to keep off
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace").strip()
+            if text:
+                logger.debug("%s printed: %s", source, " | ".join(line.strip() for line in text.splitlines()[:20]))
+
+
+def clean_direction(direction) -> tuple[float, ...]:
+    """``direction`` with round-off entries (below ``DIRECTION_ROUND_OFF``) made exact zeros."""
+    return tuple(0.0 if abs(float(v)) < DIRECTION_ROUND_OFF else float(v) for v in direction)
 
 
 def dicom_series_files(folder: str | os.PathLike) -> list[Path]:
@@ -101,19 +135,38 @@ def _read_image(path: Path) -> sitk.Image:
         raise InputError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
-            return _read_dicom_series(path)
-        check_complete(path)
-        with quiet_itk():
-            return sitk.ReadImage(str(path))
+            image = _read_dicom_series(path)
+        elif nifti.is_nifti(path):
+            image = _read_nifti(path)
+        else:
+            with quiet_itk():
+                image = sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as exc:
         raise _unreadable(path, exc) from exc
+    if image.GetDimension() == 3:
+        with quiet_itk():
+            image.SetDirection(clean_direction(image.GetDirection()))
+    return image
+
+
+def _read_nifti(path: Path) -> sitk.Image:
+    """ITK's reading, with NaN kept (ITK zeros them) and nibabel's for a valid sform ITK refuses."""
+    non_finite = nifti.scan_voxels(path, find_non_finite=True)  # also refuses a truncated file
+    try:
+        with quiet_itk():
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        if not nifti.refused_by_itk(exc):
+            raise
+        return nifti.read_with_nibabel(path)
+    return image if non_finite is None else nifti.restore_non_finite(image, non_finite)
 
 
 def _unreadable(path: Path, exc: RuntimeError) -> InputError:
     # SimpleITK's messages are long multi-line ITK traces: keep the first meaningful line.
-    detail = next((line.strip() for line in str(exc).splitlines() if "rror" in line or "not" in line), "")
+    detail = next((line.strip() for line in str(exc).splitlines() if "rror" in line.lower() or "not" in line), "")
     return InputError(f"{path}: cannot be read as an image (corrupt or unsupported format){': ' + detail if detail else ''}")
 
 
@@ -134,40 +187,20 @@ def read_header(path: str | os.PathLike) -> VolumeHeader | None:
         with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError as exc:
+        if nifti.is_nifti(path) and nifti.refused_by_itk(exc):
+            return _nifti_header(path)
         raise _unreadable(path, exc) from exc
     size = tuple(int(v) for v in reader.GetSize())
     _check_shape(len(size), size, reader.GetNumberOfComponents(), str(path))
-    return VolumeHeader(
-        size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()), reader.GetNumberOfComponents()
-    )
+    direction = clean_direction(reader.GetDirection())
+    return VolumeHeader(size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), direction, reader.GetNumberOfComponents())
 
 
-def check_complete(path: Path) -> None:
-    """Raise InputError when a NIfTI file holds fewer voxel bytes than its header announces.
-
-    SimpleITK reads a truncated ``.nii``/``.nii.gz`` without complaint (the missing voxels come back as
-    garbage or zeros); an interrupted copy of a dataset must not train a model on that.
-    """
-    if file_extension(path) not in (".nii", ".nii.gz"):
-        return
-    import nibabel
-
-    try:
-        header = nibabel.load(str(path)).header
-        # Some writers leave vox_offset at 0; voxels of a single-file NIfTI never start before the header's end.
-        offset = max(int(header.get_data_offset()), int(getattr(header, "single_vox_offset", 0)))
-        expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-        if file_extension(path) == ".nii.gz":
-            size = 0
-            with gzip.open(path, "rb") as stream:
-                for chunk in iter(lambda: stream.read(1 << 22), b""):
-                    size += len(chunk)
-        else:
-            size = path.stat().st_size
-    except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as exc:
-        raise InputError(f"{path}: cannot be read as an image (truncated or corrupt: {exc})") from exc
-    if size < expected:
-        raise InputError(f"{path}: truncated ({size} of {expected} bytes)")
+def _nifti_header(path: Path) -> VolumeHeader:
+    """The header of a NIfTI file that ITK refuses, from nibabel (see ``nifti.geometry``)."""
+    found = nifti.geometry(path)
+    _check_shape(len(found.shape), found.shape, 1, str(path))
+    return VolumeHeader(found.shape, found.spacing, found.origin, clean_direction(found.direction), 1)
 
 
 def check_3d_scalar(image: sitk.Image, name: str) -> None:
@@ -207,6 +240,9 @@ def replace_unusable_values(image: sitk.Image, name: str) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.floating):
         return image  # integer voxels are always usable
+    low, high = float(array.min()), float(array.max())  # NaN propagates: two reductions, no full-size temporaries
+    if np.isfinite(low) and np.isfinite(high) and max(abs(low), abs(high)) < INTENSITY_LIMIT:
+        return image
     usable = usable_mask(array)
     if usable.all():
         return image
@@ -222,11 +258,12 @@ def replace_unusable_values(image: sitk.Image, name: str) -> sitk.Image:
     return copy_geometry(sitk.GetImageFromArray(fixed), image)
 
 
-def read_volume(path: str | os.PathLike) -> sitk.Image:
+def read_volume(path: str | os.PathLike, keep_integers: bool = False) -> sitk.Image:
     """Read a 3D scalar volume (NIfTI, NRRD, MetaImage or a DICOM series folder) as float32.
 
     Non-finite voxels (NaN, Inf) and huge ones (beyond ``INTENSITY_LIMIT``) are replaced by the lowest usable
-    value, with a warning.
+    value, with a warning. With ``keep_integers``, integer voxels keep their type (an int16 CT takes half the memory
+    of its float32 copy; the engine converts on the model grid); floating-point ones are float32 either way.
 
     Raises:
         InputError: missing or unreadable file, 2D, 4D or multi-component image, unclear DICOM folder, no usable
@@ -237,9 +274,14 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
         raise InputError(f"{path}: is a segmentation, not an image volume")
     image = _read_image(path)
     check_3d_scalar(image, str(path))
+    integer = not np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.floating)
+    if integer and keep_integers:
+        return strip_metadata(image)
     if image.GetPixelID() == sitk.sitkFloat64:
         image = replace_unusable_values(image, str(path))  # before the cast: float64 values beyond float32 become inf
-    image = replace_unusable_values(sitk.Cast(image, sitk.sitkFloat32), str(path))
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if not integer:  # integers below 2^63 are finite and far below INTENSITY_LIMIT as float32
+        image = replace_unusable_values(image, str(path))
     return strip_metadata(image)
 
 

@@ -203,25 +203,35 @@ def _segmentation_header(labelmap: sitk.Image) -> dict[str, Any]:
     }
 
 
+def _extent(mask: np.ndarray) -> list[int]:
+    """Slicer's segment extent (first, last index along each axis) from projections; [0, -1]*3 when empty."""
+    extent: list[int] = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return [0, -1] * mask.ndim
+        extent += [int(hits[0]), int(hits[-1])]
+    return extent
+
+
 def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterable[LabelInfo], overwrite: bool = True) -> Path:
     """Write a Slicer segmentation file: one segment per model label, label values kept."""
     import slicerio
 
-    voxels = np.ascontiguousarray(sitk.GetArrayViewFromImage(labelmap).transpose(2, 1, 0)).astype(np.uint8)
+    # (i, j, k) indexing as a view: NRRD stores i fastest, which is SimpleITK's own memory order, so the file is
+    # written without the transposed copy (seconds for a 512x512x300 CT).
+    voxels = np.asarray(sitk.GetArrayViewFromImage(labelmap), dtype=np.uint8).transpose(2, 1, 0)
     segments = []
     for label in labels:
         mask = voxels == label.value
         segment: dict[str, Any] = {**_segment_fields(label), "labelValue": int(label.value), "layer": 0}
-        if mask.any():
-            hits = np.nonzero(mask)
-            segment["extent"] = [int(v) for axis in hits for v in (axis.min(), axis.max())]
-        else:
-            segment["extent"] = [0, -1, 0, -1, 0, -1]
+        segment["extent"] = _extent(mask)
         segments.append(segment)
     segmentation = {"voxels": voxels, "segments": segments, **_segmentation_header(labelmap)}
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        slicerio.write_segmentation(str(tmp), segmentation)
+        # zlib's default level: level 9 (slicerio's default) takes 70 % longer for files 3 % smaller.
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
     return path
 
 
@@ -249,5 +259,5 @@ def write_region_seg_nrrd(
         slicerio.add_segment(segmentation, np.transpose(regions[index], (2, 1, 0)), _segment_fields(labels[index]))
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        slicerio.write_segmentation(str(tmp), segmentation)
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
     return path

@@ -109,6 +109,10 @@ class Registry:
         """Copy a model folder into the registry as a new version; see ``registry_install.install_model``."""
         return registry_install.install_model(self.store, model_dir, parent)
 
+    def install(self, source: str | os.PathLike, sha256: str | None = None) -> ModelVersion:
+        """Install a bundle archive or a model folder, offline; see ``registry_install.install_source``."""
+        return registry_install.install_source(self.store, source, sha256)
+
     def evaluate(
         self,
         ref: str,

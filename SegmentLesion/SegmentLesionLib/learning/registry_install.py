@@ -3,18 +3,23 @@
 A version's folder is a copy of the model folder, made read-only, under ``REGISTRY/models/<id>/``. The copy is
 made in a hidden staging folder, checked (same weights, loadable), and only then renamed into place inside
 the index transaction, so a failed add leaves neither a folder nor an index entry behind.
+
+``install_source`` is ``segment-lesion models install`` (and the panel's "Add model..."): a bundle zip as the
+MONAI Model Zoo distributes it, or a folder, with its checksum verified when one is given, works offline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 from ..errors import InputError, ModelError
+from ..io.archives import bundle_root, extract_zip
 from ..io.files import sha256_file, utc_timestamp
 from ..models.spec import WEIGHTS_FILE, ModelSpec, load_spec
 from .registry_index import HistoryEvent, IndexStore, ModelRef, ModelVersion, RegistryIndex, TrainingSource
@@ -46,6 +51,8 @@ def check_intact(root: Path, entry: ModelVersion) -> Path:
     """
     folder = root / entry.folder
     weights = folder / WEIGHTS_FILE
+    if not weights.is_file() and (folder / "configs").is_dir():  # a Model Zoo bundle may name another weights file
+        weights = folder / load_spec(folder).weights_file
     if not weights.is_file():
         raise ModelError(f"{folder}: the model folder of {entry.id} is missing or damaged (no weights)")
     if sha256_file(weights) != entry.sha256:
@@ -73,7 +80,7 @@ def install_model(store: IndexStore, model_dir: str | os.PathLike, parent: str |
     """
     source = Path(model_dir)
     spec = load_spec(source)
-    sha = sha256_file(source / WEIGHTS_FILE)
+    sha = sha256_file(source / spec.weights_file)
     index = store.read()
     _refuse_duplicate(index, sha, source)
     if parent:
@@ -83,7 +90,7 @@ def install_model(store: IndexStore, model_dir: str | os.PathLike, parent: str |
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=models_dir))
     try:
-        copied = _staged_copy(source, staging, sha)
+        copied = _staged_copy(source, staging, sha, spec.weights_file)
         entry = _register(store, copied, spec, sha, source, parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -91,17 +98,54 @@ def install_model(store: IndexStore, model_dir: str | os.PathLike, parent: str |
     return entry
 
 
-def _staged_copy(source: Path, staging: Path, sha: str) -> Path:
+def _staged_copy(source: Path, staging: Path, sha: str, weights_file: str = str(WEIGHTS_FILE)) -> Path:
     """Copy ``source`` into ``staging`` and check the copy: the same weights, and a model that loads."""
-    from ..models.network import load_model
+    from ..engine.inference import Segmenter
 
     copied = staging / "model"
     # Hidden files are temporary names of unfinished writes, never part of a model.
     shutil.copytree(source, copied, ignore=shutil.ignore_patterns(".*"))
-    if sha256_file(copied / WEIGHTS_FILE) != sha:
+    if sha256_file(copied / weights_file) != sha:
         raise ModelError(f"{source}: the weights changed while they were being copied; add the model again")
-    load_model(copied, "cpu")  # only loadable models are registered
+    Segmenter(copied, "cpu")  # only loadable models are registered (a bundle's MONAI pipeline is built too)
     return copied
+
+
+def check_sha256(path: Path, expected: str, what: str) -> None:
+    """Refuse ``path`` unless its sha256 is ``expected`` (64 hexadecimal digits, any case).
+
+    Raises:
+        InputError: a malformed checksum, or one that does not match.
+    """
+    expected = expected.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise InputError(f"--sha256 {expected!r}: a sha256 checksum is 64 hexadecimal digits")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise InputError(f"{path}: sha256 mismatch: expected {expected}, the {what} has {actual}; nothing was installed")
+
+
+def install_source(store: IndexStore, source: str | os.PathLike, sha256: str | None = None) -> ModelVersion:
+    """Install a bundle archive (``.zip``, e.g. from the MONAI Model Zoo) or a model folder, offline.
+
+    The checksum, when given, is the archive's sha256 (as published beside a download) or, for a folder, that of
+    its weights file. The model is loaded once to validate it, then registered (see ``install_model``).
+
+    Raises:
+        InputError: no such file, a checksum that does not match, an unsafe or damaged archive, no bundle in it.
+        ModelError: the bundle cannot be loaded safely (expressions, weights...).
+    """
+    source = Path(source)
+    if source.is_dir():
+        if sha256 is not None:
+            check_sha256(source / load_spec(source).weights_file, sha256, "weights file")
+        return install_model(store, source)
+    if not source.is_file():
+        raise InputError(f"{source}: not found (give a bundle .zip or a model folder)")
+    if sha256 is not None:
+        check_sha256(source, sha256, "archive")
+    with tempfile.TemporaryDirectory(prefix="segment-lesion-install-") as unpacked:
+        return install_model(store, bundle_root(extract_zip(source, unpacked)))
 
 
 def _register(store: IndexStore, copied: Path, spec: ModelSpec, sha: str, source: Path, parent: str | None) -> ModelVersion:

@@ -47,7 +47,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     """
     spec = load_spec(folder)
     network = build_network(spec.network_def)
-    weights = Path(folder) / WEIGHTS_FILE
+    weights = Path(folder) / spec.weights_file
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
@@ -56,6 +56,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"{weights}: does not hold a state_dict")
+    check_weights_match(network, state, weights)
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
@@ -63,6 +64,31 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     spec.weights_sha256 = sha256_file(weights)
     network.to(device).eval()
     return spec, network
+
+
+def check_weights_match(network: torch.nn.Module, state: dict[str, Any], weights: Path) -> None:
+    """Refuse weights that do not fit the network, naming the first layer that differs (and the likely cause).
+
+    Raises:
+        ModelError: a layer of another shape, layers missing from the weights, or layers the network does not have.
+    """
+    expected = network.state_dict()
+    for key, value in expected.items():
+        given = state.get(key)
+        if isinstance(given, torch.Tensor) and tuple(given.shape) != tuple(value.shape):
+            raise ModelError(
+                f"{weights}: the weights do not match network_def: layer {key!r} has shape {tuple(given.shape)} in the weights "
+                f"file but {tuple(value.shape)} in the network (different channels, features or input/output channel counts?)"
+            )
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} layer(s) of the network are not in the weights file (first: {missing[0]!r})")
+        if unexpected:
+            details.append(f"{len(unexpected)} layer(s) in the weights file are not in the network (first: {unexpected[0]!r})")
+        raise ModelError(f"{weights}: the weights do not match network_def: {'; '.join(details)}")
 
 
 def save_model(

@@ -1,27 +1,30 @@
 """The model folder (a MONAI bundle) as plain data: labels, preprocessing, network definition.
 
 Nothing here imports torch: the Slicer glue reads labels, colours and terminology from it too.
-Nothing here executes code from the folder: only JSON is read, config expressions (``$...``) and
-references (``@...``) are refused, and network classes come from an allow-list (see ``model.py``).
+Nothing here executes code from the folder: only JSON is read, and network classes come from an allow-list
+(see ``network.py``).
 
 Two kinds of folder are understood:
 
 - SegmentLesion's own: ``configs/metadata.json`` holds a ``segment_lesion`` block (the source of truth)
-  and ``configs/inference.json`` a plain ``network_def`` that ``monai.bundle`` can read too.
-- A MONAI Model Zoo-style bundle whose ``network_def``, ``preprocessing`` and ``inferer`` are plain data:
-  preprocessing transforms are mapped onto the same settings (orientation, spacing, intensity).
+  and ``configs/inference.json`` a plain ``network_def`` that ``monai.bundle`` can read too. Config expressions
+  (``$...``) and references (``@...``) are refused there.
+- A MONAI Model Zoo bundle as published (no ``segment_lesion`` block): ``bundle_config.py`` resolves its
+  references and reads its expressions as data; the engine then runs the bundle's own MONAI transforms, inferer
+  and post-processing (``engine/bundle_pipeline.py``). ``ModelSpec.bundle`` holds the parsed config.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ModelError
 from ..io.files import read_json_object, write_json
+from .bundle_config import BundleConfig, bundle_channels, read_bundle_config
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "SegmentLesionBrainMR"
 METADATA_FILE = Path("configs") / "metadata.json"
@@ -53,22 +56,6 @@ ALLOWED_NETWORKS = (
     "SwinUNETR",
     "VNet",
 )
-
-# Model Zoo preprocessing transforms that carry no setting we need (loading, channel and type handling).
-_PASSTHROUGH_TRANSFORMS = {
-    "LoadImaged",
-    "LoadImage",
-    "EnsureChannelFirstd",
-    "EnsureChannelFirst",
-    "AddChanneld",
-    "EnsureTyped",
-    "EnsureType",
-    "ToTensord",
-    "ToTensor",
-    "CastToTyped",
-    "CropForegroundd",
-    "Identityd",
-}
 
 
 @dataclass
@@ -104,6 +91,8 @@ class ModelSpec:
     min_lesion_mm3: float = 10.0
     fill_holes: bool = True
     max_voxels: int | None = None  # the model grid's voxel limit (None: the engine's default, 2^28)
+    # False: the network always runs in float32 (no bf16 on CPUs, no fp16 on GPUs), whatever --precision says.
+    allow_reduced_precision: bool = True
     brain_mask: str | None = None  # "deepbet": lesions only inside deepbet's brain mask (engine/brain_mask.py)
     modality: str = "MR"
     description: str = ""
@@ -111,7 +100,9 @@ class ModelSpec:
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = None
     folder: str | None = None
+    weights_file: str = "models/model.pt"  # relative to the folder; a Model Zoo bundle's checkpoint loader may name another
     channel_names: list[str] = field(default_factory=list)  # input channels in the network's order (metadata channel_def)
+    bundle: Optional[BundleConfig] = None  # a Model Zoo bundle's parsed config: the engine runs its own MONAI pipeline
     # Sigmoid region models: label values, the first winning where regions overlap, as the model's own labelmap
     # convention has it (BraTS regions TC, WT, ET -> labels 1, 2, 4: [4, 1, 2]). None: the smaller region wins.
     overlap_priority: list[int] | None = None
@@ -133,8 +124,8 @@ class ModelSpec:
 
     def segment_lesion_block(self) -> dict[str, Any]:
         """The ``segment_lesion`` block of metadata.json."""
-        block = asdict(self)
-        for key in ("name", "version", "network_def", "folder", "description"):
+        block = asdict(replace(self, bundle=None))
+        for key in ("name", "version", "network_def", "folder", "description", "bundle", "weights_file"):
             block.pop(key)
         return block
 
@@ -228,22 +219,33 @@ def load_spec(folder: str | os.PathLike) -> ModelSpec:
     inference = _read_json(folder / INFERENCE_FILE) if (folder / INFERENCE_FILE).is_file() else {}
     if "network_def" not in inference:
         raise ModelError(f"{folder / INFERENCE_FILE}: no 'network_def' (a plain MONAI network definition is needed)")
-    network_def = check_network_def(inference["network_def"], f"{folder / INFERENCE_FILE}: network_def")
     where = str(folder / METADATA_FILE)
     block = metadata.get("segment_lesion")
     if block is not None:
+        network_def = check_network_def(inference["network_def"], f"{folder / INFERENCE_FILE}: network_def")
         _check_plain(block, f"{where}: segment_lesion")
         spec = _spec_from_block(block, network_def, metadata, where)
     else:
-        spec = _spec_from_model_zoo(metadata, inference, network_def, folder)
+        spec = _spec_from_model_zoo(metadata, inference, folder)
     spec.folder = str(folder.resolve())
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise ModelError(f"{folder / WEIGHTS_FILE}: weights missing")
+    weights = folder / spec.weights_file
+    if not weights.is_file():
+        hint = " (a Model Zoo bundle's weights are downloaded separately: put the file there)" if spec.bundle else ""
+        raise ModelError(f"{weights}: weights missing{hint}")
     return spec
 
 
 def _spec_from_block(block: dict[str, Any], network_def: dict[str, Any], metadata: dict[str, Any], where: str) -> ModelSpec:
-    known = {f for f in ModelSpec.__dataclass_fields__} - {"name", "version", "network_def", "labels", "folder", "description"}
+    known = {f for f in ModelSpec.__dataclass_fields__} - {
+        "name",
+        "version",
+        "network_def",
+        "labels",
+        "folder",
+        "description",
+        "bundle",
+        "weights_file",
+    }
     kwargs = {key: value for key, value in block.items() if key in known}
     if "channel_names" not in kwargs and int(kwargs.get("in_channels", 1)) > 1:
         kwargs["channel_names"] = _input_channel_def(metadata)
@@ -291,6 +293,8 @@ def _validate(spec: ModelSpec, where: str) -> None:
     _validate_channels(spec, where)
     if spec.max_voxels is not None and (isinstance(spec.max_voxels, bool) or not isinstance(spec.max_voxels, int) or spec.max_voxels < 1):
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
+    if not isinstance(spec.allow_reduced_precision, bool):
+        raise ModelError(f"{where}: allow_reduced_precision must be true or false")
 
 
 def _validate_channels(spec: ModelSpec, where: str) -> None:
@@ -314,83 +318,95 @@ def _validate_channels(spec: ModelSpec, where: str) -> None:
             raise ModelError(f"{where}: overlap_priority must list each label value once, e.g. {[label.value for label in spec.labels]}")
 
 
-def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], network_def: dict[str, Any], folder: Path) -> ModelSpec:
-    """Map a Model Zoo-style bundle (plain-data preprocessing) onto a ModelSpec."""
+def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], folder: Path) -> ModelSpec:
+    """A Model Zoo bundle as published: its config resolved as data (``bundle_config``), its settings summarised.
+
+    The engine runs the bundle's own MONAI pipeline; the summary (orientation, spacing, patch, labels, channels)
+    serves the resource guard, the reports and the panel.
+    """
     where = str(folder / INFERENCE_FILE)
+    meta_where = str(folder / METADATA_FILE)
     fmt = metadata.get("network_data_format", {})
-    _check_plain(fmt, f"{folder / METADATA_FILE}: network_data_format")
-    inputs = next(iter(fmt.get("inputs", {}).values()), {})
-    outputs = next(iter(fmt.get("outputs", {}).values()), {})
-    channel_def = outputs.get("channel_def") or {"0": "background", "1": "foreground"}
-    labels = [
-        {"value": int(key), "name": str(name)} for key, name in sorted(channel_def.items(), key=lambda kv: int(kv[0])) if int(key) > 0
-    ]
-    spatial_dims = int(network_def.get("spatial_dims", network_def.get("dimensions", 3)))
+    _check_plain(fmt, f"{meta_where}: network_data_format")
+    bundle = read_bundle_config(inference, metadata, where)
+    network_def = check_network_def(bundle.network_def, f"{where}: network_def")
+    channels = bundle_channels(metadata, meta_where)
+    inputs = next(iter(fmt.get("inputs", {}).values()), {}) if isinstance(fmt, dict) else {}
+    activation = _bundle_activation(bundle)
+    in_channels = int(network_def.get("in_channels", 1))
+    out_channels = int(network_def.get("out_channels", 1))
+    declared = inputs.get("num_channels")
+    if isinstance(declared, int) and declared != in_channels:
+        raise ModelError(f"{meta_where}: {declared} input channels declared, but network_def takes {in_channels} (in_channels)")
+    if channels.input_names and len(channels.input_names) != in_channels:
+        raise ModelError(
+            f"{meta_where}: channel_def names {len(channels.input_names)} input channels ({', '.join(channels.input_names)}), "
+            f"but network_def takes {in_channels} (in_channels)"
+        )
     spec = ModelSpec(
         name=str(metadata.get("name", folder.name)),
         version=str(metadata.get("version", "0")),
         network_def=network_def,
-        labels=_labels_from(labels, f"{folder / METADATA_FILE}: channel_def"),
-        spatial_dims=spatial_dims,
-        in_channels=int(inputs.get("num_channels", 1)),
-        out_channels=int(outputs.get("num_channels", len(labels) + 1)),
+        labels=_labels_from(_bundle_labels(channels.output_names, activation, bundle, out_channels), f"{meta_where}: channel_def"),
+        spatial_dims=int(network_def.get("spatial_dims", network_def.get("dimensions", 3))),
+        in_channels=in_channels,
+        out_channels=out_channels,
+        activation=activation,
         orientation=None,
         spacing=None,
-        intensity={"mode": "none"},
+        intensity={"mode": "none"},  # the bundle's own transforms normalise
+        min_lesion_mm3=0.0,
+        fill_holes=False,
         modality=str(inputs.get("modality", "")),
         description=str(metadata.get("description", "")),
+        weights_file=bundle.weights_file,
+        channel_names=channels.input_names if len(channels.input_names) > 1 else [],
+        bundle=bundle,
     )
-    patch = inputs.get("spatial_shape")
-    if isinstance(patch, list) and all(isinstance(v, int) for v in patch):
-        spec.patch_size = patch
-    preprocessing = inference.get("preprocessing", {})
-    _check_plain(preprocessing, f"{where}: preprocessing")
-    transforms = preprocessing.get("transforms", []) if isinstance(preprocessing, dict) else []
-    for index, transform in enumerate(transforms):
-        _apply_transform(spec, transform, f"{where}: preprocessing.transforms[{index}]")
-    inferer = inference.get("inferer", {})
-    _check_plain(inferer, f"{where}: inferer")
-    if inferer:
-        if str(inferer.get("_target_", "")).split(".")[-1] not in ("SlidingWindowInferer", "SliceInferer"):
-            raise ModelError(f"{where}: inferer: refused: unknown inferer {inferer.get('_target_')!r}")
-        spec.patch_size = [int(v) for v in inferer.get("roi_size", spec.patch_size)]
-        spec.sw_batch_size = int(inferer.get("sw_batch_size", spec.sw_batch_size))
-        spec.overlap = float(inferer.get("overlap", spec.overlap))
-    postprocessing = inference.get("postprocessing", {})
-    _check_plain(postprocessing, f"{where}: postprocessing")
-    for transform in postprocessing.get("transforms", []) if isinstance(postprocessing, dict) else []:
-        if str(transform.get("_target_", "")).split(".")[-1] in ("Activationsd", "Activations") and transform.get("sigmoid"):
-            spec.activation = "sigmoid"
+    orientation = bundle.preprocessing_transform("Orientationd")
+    if orientation is not None and isinstance(orientation.args.get("axcodes"), str):
+        spec.orientation = orientation.args["axcodes"]
+    spacing = bundle.preprocessing_transform("Spacingd")
+    pixdim = spacing.args.get("pixdim") if spacing is not None else None
+    if isinstance(pixdim, list) and len(pixdim) == 3 and all(isinstance(v, (int, float)) for v in pixdim):
+        spec.spacing = [float(v) for v in pixdim]
+    roi = bundle.inferer.args.get("roi_size")
+    if isinstance(roi, list) and all(isinstance(v, int) for v in roi):
+        spec.patch_size = roi
+    elif isinstance(inputs.get("spatial_shape"), list) and all(isinstance(v, int) for v in inputs["spatial_shape"]):
+        spec.patch_size = inputs["spatial_shape"]
+    spec.sw_batch_size = int(bundle.inferer.args.get("sw_batch_size", 1))
+    spec.overlap = float(bundle.inferer.args.get("overlap", 0.25))
+    if activation == "sigmoid" and bundle.label_mapping is not None:
+        # The label-mapping lambda's rules, first match winning, are the model's convention where regions overlap.
+        spec.overlap_priority = [int(value) for _, value in bundle.label_mapping.rules]
     _validate(spec, str(folder))
     return spec
 
 
-def _apply_transform(spec: ModelSpec, transform: Any, where: str) -> None:
-    if not isinstance(transform, dict):
-        raise ModelError(f"{where}: must be a JSON object")
-    target = str(transform.get("_target_", ""))
-    name = target.split(".")[-1]
-    if target.startswith("monai.") and not target.startswith("monai.transforms."):
-        raise ModelError(f"{where}: refused: unknown transform {target!r}")
-    if name in _PASSTHROUGH_TRANSFORMS:
-        return
-    if name in ("Orientationd", "Orientation"):
-        spec.orientation = str(transform.get("axcodes", "RAS"))
-    elif name in ("Spacingd", "Spacing"):
-        spec.spacing = [float(v) for v in transform["pixdim"]]
-    elif name in ("ScaleIntensityRanged", "ScaleIntensityRange"):
-        spec.intensity = {
-            "mode": "window",
-            "window": [float(transform["a_min"]), float(transform["a_max"])],
-            "range": [float(transform.get("b_min", 0.0)), float(transform.get("b_max", 1.0))],
-            "clip": bool(transform.get("clip", False)),
-        }
-    elif name in ("NormalizeIntensityd", "NormalizeIntensity"):
-        spec.intensity = {"mode": "zscore", "nonzero": bool(transform.get("nonzero", False))}
-    elif name in ("ScaleIntensityd", "ScaleIntensity"):
-        spec.intensity = {"mode": "minmax"}
-    else:
-        raise ModelError(f"{where}: refused: unknown preprocessing transform {target!r}")
+def _bundle_activation(bundle: BundleConfig) -> str:
+    """``softmax`` or ``sigmoid``, from the bundle's Activationsd (else AsDiscreted: argmax or threshold)."""
+    for transform in bundle.postprocessing_transforms():
+        if transform.name == "Activationsd" and (transform.args.get("sigmoid") or transform.args.get("softmax")):
+            return "sigmoid" if transform.args.get("sigmoid") else "softmax"
+    for transform in bundle.postprocessing_transforms():
+        if transform.name == "AsDiscreted" and transform.args.get("threshold") is not None and not transform.args.get("argmax"):
+            return "sigmoid"
+    return "softmax"
+
+
+def _bundle_labels(names: dict[int, str], activation: str, bundle: BundleConfig, out_channels: int) -> list[dict[str, Any]]:
+    """The labels of the bundle's output labelmap, named from the output channel_def.
+
+    Softmax: label k is channel k (0 is the background). Sigmoid: channel c is label c + 1, unless a label-mapping
+    lambda gives the values (BraTS: tumour core, whole tumour, enhancing tumour -> 1, 2, 4).
+    """
+    if activation == "softmax":
+        return [{"value": k, "name": names.get(k, f"label {k}")} for k in range(1, out_channels)]
+    if bundle.label_mapping is not None:
+        pairs = sorted((value, channel) for channel, value in bundle.label_mapping.rules)
+        return [{"value": value, "name": names.get(channel, f"channel {channel}")} for value, channel in pairs]
+    return [{"value": c + 1, "name": names.get(c, f"channel {c}")} for c in range(out_channels)]
 
 
 def write_config_files(folder: Path, spec: ModelSpec, extra_metadata: dict[str, Any] | None = None) -> None:

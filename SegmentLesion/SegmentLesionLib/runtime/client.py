@@ -29,14 +29,20 @@ class WorkerClient(JsonLinesProcess):
     Args:
         model_dir: model folder (None: the default model).
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto``, ``fp32`` or ``bf16``: the default of its requests (``engine.precision``).
         python: the Python executable to run the worker with (in Slicer: ``PythonSlicer``).
         env: the worker's environment (default: this process's).
     """
 
     def __init__(
-        self, model_dir: str | None = None, device: str = "auto", python: str | None = None, env: dict[str, str] | None = None
+        self,
+        model_dir: str | None = None,
+        device: str = "auto",
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+        precision: str = "auto",
     ) -> None:
-        command = [python or sys.executable, "-m", "SegmentLesionLib", "worker", "--device", device]
+        command = [python or sys.executable, "-m", "SegmentLesionLib", "worker", "--device", device, "--precision", precision]
         if model_dir:
             command += ["--model", str(model_dir)]
         super().__init__(command, env, stdin=True)

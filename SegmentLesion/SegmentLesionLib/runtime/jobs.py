@@ -118,6 +118,7 @@ class WorkerInfo:
     model: dict[str, Any]
     device: str
     labels: list[LabelInfo]
+    precision: str = ""  # fp32, bf16 or fp16 (also named in ``device``)
 
 
 class SegmentationWorker:
@@ -231,7 +232,7 @@ class SegmentationWorker:
         job_id = getattr(event, "id", None)
         job = self.jobs.get(job_id) if job_id is not None else None
         if isinstance(event, ReadyEvent):
-            self.info = WorkerInfo(event.model, event.device, event.labels)
+            self.info = WorkerInfo(event.model, event.device, event.labels, event.precision)
             return [JobEvent("ready", None, f"{self.info.model.get('name', 'model')} on {self.info.device}")]
         if isinstance(event, ErrorEvent):  # without an id: the worker could not start, so no job can run
             return self._fail(self._pending() if event.id is None else [job] if job is not None else [], event.message)

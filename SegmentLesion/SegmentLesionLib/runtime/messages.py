@@ -4,7 +4,7 @@ Each record has ``to_json()`` (the dict written as one JSON line) and ``from_jso
 
     {"command": "segment", "id": "7", "input": "/tmp/volume.nrrd", "output": "/tmp/labels.nrrd",
      "probability": "/tmp/probability.nrrd" (optional), "report": "/tmp/labels.lesions.json" (optional),
-     "options": {"threshold": 0.5, "min_lesion_mm3": 10, "fill_holes": true, "tta": false} (optional),
+     "options": {"threshold": 0.5, "min_lesion_mm3": 10, "fill_holes": true, "tta": false, "precision": "auto"} (optional),
      "inputs": ["/tmp/t1c.nrrd", "/tmp/flair.nrrd"] (optional: one volume per input channel, in the model's order;
      "input" is then the first), "regions": "/tmp/job" (optional: the folder where a region model writes
      each region's mask as region_<label value>.nrrd)}
@@ -14,7 +14,7 @@ Each record has ``to_json()`` (the dict written as one JSON line) and ``from_jso
     {"command": "ping"}
     {"command": "shutdown"}
 
-    {"event": "ready", "model": {...}, "device": "CPU (2 threads)", "labels": [...]}
+    {"event": "ready", "model": {...}, "device": "CPU (2 threads, bf16)", "labels": [...], "precision": "bf16"}
     {"event": "progress", "id": "7", "done": 3, "total": 12, "stage": "inference"}
     {"event": "paused", "id": "7"}     request 7 waits for "resume" (or "cancel")
     {"event": "done", "id": "7", "output": ..., "report": ..., "lesions": 2, "seconds": 4.1}
@@ -143,10 +143,11 @@ class ReadyEvent:
     model: dict[str, Any]
     device: str
     labels: list[LabelInfo]
+    precision: str = ""  # the network's precision for requests that do not ask for another (fp32, bf16, fp16)
 
     def to_json(self) -> dict[str, Any]:
         labels = [asdict(label) for label in self.labels]
-        return {"event": self.event, "model": self.model, "device": self.device, "labels": labels}
+        return {"event": self.event, "model": self.model, "device": self.device, "labels": labels, "precision": self.precision}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReadyEvent:
@@ -154,7 +155,7 @@ class ReadyEvent:
             LabelInfo(int(item["value"]), str(item["name"]), list(item["color"]), dict(item["terminology"]))
             for item in data.get("labels", [])
         ]
-        return cls(dict(data.get("model") or {}), str(data.get("device", "")), labels)
+        return cls(dict(data.get("model") or {}), str(data.get("device", "")), labels, str(data.get("precision") or ""))
 
 
 @dataclass

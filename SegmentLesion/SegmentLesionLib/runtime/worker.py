@@ -34,8 +34,16 @@ from .messages import (
 logger = logging.getLogger("SegmentLesion")
 
 
-def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """Run the worker loop until stdin closes or a shutdown request arrives; returns the exit code."""
+def serve(
+    model_dir: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Run the worker loop until stdin closes or a shutdown request arrives; returns the exit code.
+
+    ``precision`` is the default of every request (a request's ``options`` may name another)."""
     from ..engine.inference import Segmenter, device_description
     from ..errors import SegmentLesionError
 
@@ -43,11 +51,12 @@ def serve(model_dir: str | None = None, device: str = "auto", stdin: TextIO | No
     channel = JsonLinesWriter(stdout or sys.stdout)
     sys.stdout = sys.stderr
     try:
-        segmenter = Segmenter(model_dir, device)
+        segmenter = Segmenter(model_dir, device, precision)
     except SegmentLesionError as exc:
         channel.send(ErrorEvent(None, str(exc)))
         return 1
-    channel.send(ReadyEvent(segmenter.spec.summary(), device_description(segmenter.device), list(segmenter.spec.labels)))
+    description = device_description(segmenter.device, segmenter.precision)
+    channel.send(ReadyEvent(segmenter.spec.summary(), description, list(segmenter.spec.labels), segmenter.precision.name))
     server = WorkerServer(segmenter, channel)
     threading.Thread(target=server.read_requests, args=(stdin or sys.stdin,), name="requests", daemon=True).start()
     return server.run()

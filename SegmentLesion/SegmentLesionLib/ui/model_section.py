@@ -1,4 +1,9 @@
-"""The Inputs section's model and device choice: model folders (remembered), what the model is, where it runs."""
+"""The Inputs section's model and device choice: model folders (remembered), what the model is, where it runs.
+
+"Add model..." installs what it is given as ``segment-lesion models install`` does (a bundle .zip as the MONAI
+Model Zoo distributes it, or a folder: loaded once to validate, then registered), in a background process, since
+loading runs torch; the registry's copy is then remembered and selected.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,40 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import ModelError
-from ..models.spec import load_spec
-from .panel_context import PanelContext, prop
+from ..models.spec import METADATA_FILE, load_spec
+from ..runtime.jobs import TrainingJob
+from .panel_context import PanelContext, failure_reason, prop
 
 MODEL_FOLDERS_KEY = "SegmentLesion/ModelFolders"
 DEVICES = (("Auto (GPU when available)", "auto"), ("GPU", "cuda"), ("CPU", "cpu"))
 
 
 class ModelSection:
-    """The model and device combo boxes, the Add-folder button and the model description.
+    """The model and device combo boxes, the Add-model button and the model description.
 
     Args:
         context: the panel's shared parts.
         default_model_dir: the bundled default model folder.
-        choose_folder: ``choose_folder(title) -> str`` (empty when cancelled).
+        choose_folder: ``choose_folder(title) -> str``: a model folder, a bundle ``.zip``, or a model folder's
+            ``configs/metadata.json`` (empty when cancelled).
+        install_command: ``install_command(source) -> argv`` of ``segment-lesion models install SOURCE --json``;
+            None: a chosen folder is remembered as it is, without installing.
     """
 
-    def __init__(self, context: PanelContext, default_model_dir: Path | None, choose_folder: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        context: PanelContext,
+        default_model_dir: Path | None,
+        choose_folder: Callable[[str], str],
+        install_command: Optional[Callable[[str], list[str]]] = None,
+    ) -> None:
         self.context = context
         self.ui = context.ui
         self.default_model_dir = default_model_dir
         self.choose_folder = choose_folder
+        self.install_command = install_command
+        self.job: Optional[TrainingJob] = None
+        self._installed: Optional[dict[str, Any]] = None
         self.fill_models()
         for label, value in DEVICES:
             self.ui.deviceComboBox.addItem(label, value)
@@ -101,24 +119,76 @@ class ModelSection:
                 combo.setCurrentIndex(index)
 
     def show_device(self, description: str) -> None:
-        """Name the GPU in the device list once the worker has reported it."""
-        if description and not description.startswith("CPU"):
-            combo = self.ui.deviceComboBox
-            for index in range(prop(combo, "count")):
-                if combo.itemData(index) == "cuda":
-                    combo.setItemText(index, f"GPU ({description})")
+        """Name the device the worker reported in the device list, with its precision.
 
-    def add_model_folder(self, folder: str | None = None) -> None:
-        """Add a model folder (asked for when not given), remember it and select it."""
-        with self.context.action("Cannot add this model folder."):
-            folder = folder if folder is not None else self.choose_folder("Choose a model folder")
-            if not folder:
+        E.g. "GPU (NVIDIA H100 80GB HBM3 (fp16))" or "CPU (2 threads, bf16)" (``engine.inference.device_description``).
+        """
+        if not description:
+            return
+        value, text = ("cpu", description) if description.startswith("CPU") else ("cuda", f"GPU ({description})")
+        combo = self.ui.deviceComboBox
+        for index in range(prop(combo, "count")):
+            if combo.itemData(index) == value:
+                combo.setItemText(index, text)
+
+    @property
+    def busy(self) -> bool:
+        """True while a model is being installed."""
+        return self.job is not None
+
+    def add_model_folder(self, folder: str | None = None) -> bool:
+        """Add a model (asked for when not given): installed in the background, or remembered as it is.
+
+        Returns True when an installation started (the panel then polls).
+        """
+        with self.context.action("Cannot add this model."):
+            if self.job is not None:
+                return False
+            source = folder if folder is not None else self.choose_folder("Choose a MONAI bundle (.zip) or a model folder")
+            if not source:
+                return False
+            path = Path(source)
+            if path.name == METADATA_FILE.name and path.parent.name == METADATA_FILE.parent.name:
+                path = path.parent.parent  # the folder's configs/metadata.json was chosen
+            if path.is_dir():
+                load_spec(path)  # a folder that is not a readable model is refused at once, with the reason
+            if self.install_command is None:
+                self._select_added(str(path.resolve()))
+                return False
+            if not self.context.packages_ready():
+                return False
+            self._installed = None
+            self.job = TrainingJob(self.install_command(str(path.resolve())))
+            self.ui.modelInfoLabel.setText(f"Installing {path.name} (loading it once to check it)...")
+            return True
+        return False
+
+    def poll(self) -> None:
+        """Follow an installation; when it ends, select the installed model or say why it was refused."""
+        if self.job is None:
+            return
+        for event in self.job.poll():
+            if "event" not in event:
+                self._installed = event  # the one JSON line `models install --json` prints
+            elif event.get("event") == "exit":
+                job, self.job = self.job, None
+                if event.get("returncode") == 0 and self._installed is not None:
+                    self._select_added(str(self._installed["path"]))
+                else:
+                    self.update_model_info()
+                    self.context.show_error("Cannot add this model.", failure_reason(job, event.get("returncode")))
                 return
-            load_spec(folder)  # refuse anything that is not a readable model folder, with the reason
-            folder = str(Path(folder).resolve())
-            self.remember_model(folder)
-            self.fill_models(select=folder)
-            self.on_model_changed()
+
+    def cancel(self) -> None:
+        """Stop a running installation (nothing is registered)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+
+    def _select_added(self, folder: str) -> None:
+        self.remember_model(folder)
+        self.fill_models(select=folder)
+        self.on_model_changed()
 
     def on_model_changed(self) -> None:
         """A new model: show what it is and take its own threshold and minimum size."""

@@ -11,6 +11,7 @@ one controller per section of the panel: ``models`` (Inputs), ``segment``, ``les
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional
 
@@ -40,15 +41,15 @@ class SegmentLesionPanel:
         error_context: ``error_context(message)`` returns a context manager that shows an exception raised
             inside it to the user, prefixed by ``message`` (Slicer: ``slicer.util.tryWithErrorDisplay``).
         ask: ``ask(question) -> bool`` (Slicer: ``slicer.util.confirmYesNoDisplay``).
-        choose_folder: ``choose_folder(title) -> str`` (empty when cancelled).
+        choose_folder: ``choose_folder(title) -> str``: a model folder or bundle .zip for "Add model..." (empty when cancelled).
         settings: persistent settings with ``value(key, default)`` and ``setValue(key, value)`` (``QSettings``).
         default_model_dir: the bundled default model folder.
         needs_packages: called before every action that needs the optional packages (Segment, Export, Retrain,
             Compare, Promote); returning False stops it (Slicer: the dependency check and install).
         python: Python executable for background processes (Slicer: ``PythonSlicer``).
         on_result: called with the result segmentation node whenever it changes (Slicer: the parameter node).
-        registry: the model registry folder a retrained model is compared in and promoted to
-            (default: ``registry.default_registry_path()``).
+        registry: the model registry folder a retrained model is compared in and promoted to, and "Add model..."
+            installs into (default: ``registry.default_registry_path()``).
         volume_selector: makes one more volume selector on the scene, for models with several input channels
             (Slicer: a ``qMRMLNodeComboBox`` of scalar volumes; None: one input channel only).
     """
@@ -75,14 +76,28 @@ class SegmentLesionPanel:
         self.settings = settings
         self.on_result = on_result
         self.context = PanelContext(ui, qt, error_context, settings, needs_packages)
-        self.models = ModelSection(self.context, Path(default_model_dir) if default_model_dir else None, choose_folder)
+        registry_path = Path(registry) if registry else default_registry_path()
+        self.models = ModelSection(
+            self.context,
+            Path(default_model_dir) if default_model_dir else None,
+            choose_folder,
+            lambda source: [
+                python or sys.executable,
+                "-m",
+                "SegmentLesionLib",
+                "models",
+                "install",
+                source,
+                "--json",
+                "--registry",
+                str(registry_path),
+            ],
+        )
         self.lesions = LesionsSection(self.context, logic, self._result_changed)
         self.channels = ChannelsSection(self.context, volume_selector)
         self.segment = SegmentSection(self.context, logic, self.models, ask, self._segmented, self.channels)
         self.export = ExportSection(self.context, logic, self.models, lambda: self.lesions.segmentation_node)
-        self.promotion = PromotionSection(
-            self.context, self.models, self.export.dataset_folder, python, Path(registry) if registry else default_registry_path()
-        )
+        self.promotion = PromotionSection(self.context, self.models, self.export.dataset_folder, python, registry_path)
         self.retrain = RetrainSection(self.context, self.models, self.export.dataset_folder, python, self.compare_with_active)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
@@ -92,6 +107,7 @@ class SegmentLesionPanel:
         ui.segmentButton.clicked.connect(lambda *_: self._start_polling())
         ui.retrainButton.clicked.connect(lambda *_: self._polling_if(self.retrain.on_retrain_clicked()))
         ui.promoteButton.clicked.connect(lambda *_: self._start_polling())
+        ui.addModelFolderButton.clicked.connect(lambda *_: self._start_polling())
 
     # -- what the module widget and scripts use
     @property
@@ -154,7 +170,7 @@ class SegmentLesionPanel:
         self._polling_if(self.promotion.compare_with_active(model_dir, parent=parent))
 
     def _start_polling(self) -> None:
-        self._polling_if(self.segment.busy or self.promotion.busy)
+        self._polling_if(self.segment.busy or self.promotion.busy or self.models.busy)
 
     def _polling_if(self, started: bool) -> None:
         if started:
@@ -165,7 +181,8 @@ class SegmentLesionPanel:
         self.segment.poll()
         self.retrain.poll()
         self.promotion.poll()
-        if not (self.segment.busy or self.retrain.busy or self.promotion.busy):
+        self.models.poll()
+        if not (self.segment.busy or self.retrain.busy or self.promotion.busy or self.models.busy):
             self.timer.stop()
 
     def cleanup(self) -> None:
@@ -174,3 +191,4 @@ class SegmentLesionPanel:
         self.lesions.cleanup()
         self.retrain.cleanup()
         self.promotion.cancel()
+        self.models.cancel()

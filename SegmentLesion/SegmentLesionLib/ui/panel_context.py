@@ -75,3 +75,10 @@ class PanelContext:
     def packages_ready(self) -> bool:
         """The dependency check for an action (raises to the action's error context when it fails)."""
         return self.needs_packages is None or self.needs_packages() is not False
+
+
+def failure_reason(job: Any, returncode: Any) -> str:
+    """Why a background ``segment-lesion`` step failed: its ``error:`` line, else its last stderr line, else its exit code."""
+    errors = [line for line in job.stderr_lines if line.startswith("error:")]
+    detail = errors[-1][len("error:") :].strip() if errors else (job.stderr_lines[-1] if job.stderr_lines else "")
+    return detail or f"exit code {returncode}"

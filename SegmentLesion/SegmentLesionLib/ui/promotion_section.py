@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..learning.registry import Registry
 from ..runtime.jobs import TrainingJob
 from .model_section import ModelSection
-from .panel_context import PanelContext, prop
+from .panel_context import PanelContext, failure_reason, prop
 
 EVALUATION_FOLDER_KEY = "SegmentLesion/EvaluationFolder"
 NOT_HELD_OUT_NOTE = "(training data \u2014 not held out)"
@@ -167,7 +167,7 @@ class PromotionSection:
             return
         if returncode != 0 or self._result is None:
             self._steps = []
-            self.ui.comparisonLabel.setText(f"Comparison failed: {_failure(job, returncode)}")
+            self.ui.comparisonLabel.setText(f"Comparison failed: {failure_reason(job, returncode)}")
             return
         if self._step == "candidate":
             self._steps.append(("compare", str(self._result["id"])))
@@ -232,7 +232,7 @@ class PromotionSection:
             self.models.on_model_changed()
             self.ui.comparisonLabel.setText(f"{text}\nPromoted: {candidate} is now the active model and the selected one.")
             return
-        reason = _failure(job, returncode) if returncode not in (0, 3) else f"the active model is still {active_id}"
+        reason = failure_reason(job, returncode) if returncode not in (0, 3) else f"the active model is still {active_id}"
         self.ui.comparisonLabel.setText(f"{text}\nNot promoted: {reason}.")
 
     def cancel(self) -> None:
@@ -240,10 +240,3 @@ class PromotionSection:
         if self.job is not None:
             self.job.cancel()
             self.job = None
-
-
-def _failure(job: TrainingJob, returncode: Any) -> str:
-    """The reason a step failed: its ``error:`` line, else its last stderr line, else its exit code."""
-    errors = [line for line in job.stderr_lines if line.startswith("error:")]
-    detail = errors[-1][len("error:") :].strip() if errors else (job.stderr_lines[-1] if job.stderr_lines else "")
-    return detail or f"exit code {returncode}"
