@@ -406,7 +406,8 @@ class Segmenter:
             probability = self._to_reference(model_probability, region, exact, sitk.sitkLinear)
             classes = None
             if model_classes is not None:
-                classes = sitk.GetArrayViewFromImage(self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor))
+                # A copy (box-sized): a view would outlive the temporary image it looks into.
+                classes = sitk.GetArrayFromImage(self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor))
             prob_array = sitk.GetArrayViewFromImage(probability)
             if restrict is not None:
                 prob_array = np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, prob_array, np.float32(0))
