@@ -289,7 +289,9 @@ class Segmenter:
         options = options or SegmentOptions()
         spec = self.spec
         value_bytes = 2 if self.device.type == "cuda" else 4  # CUDA runs under float16 autocast
-        estimate = resources.estimate_model_grid(source, spec.orientation, spec.spacing, spec.out_channels, value_bytes, options.tta)
+        estimate = resources.estimate_model_grid(
+            source, spec.orientation, spec.spacing, spec.out_channels, value_bytes, options.tta, max(spec.in_channels, 1)
+        )
         resources.check_resources(source, estimate, options.max_voxels or spec.max_voxels, name)
 
     def segment(
