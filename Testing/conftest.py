@@ -458,3 +458,28 @@ def softmax_sequence_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def region_sequence_model(tmp_path_factory) -> Path:
     return train_sequence_model(tmp_path_factory.mktemp("models") / "tumour_regions", "sigmoid")
+
+
+# ------------------------------------------------------------------ cohorts
+def write_cohort_cases(folder: Path, count: int, shape=(24, 28, 32), first_seed: int = 100) -> list[Path]:
+    """``count`` blob volumes ``case_000.nii.gz``... in ``folder`` (a folder manifest for ``segment-lesion cohort``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image, _ = blob_volume(first_seed + index, shape)
+        image.SetSpacing((1.0, 1.2, 1.5))
+        path = folder / f"case_{index:03d}.nii.gz"
+        sitk.WriteImage(image, str(path))
+        paths.append(path)
+    return paths
+
+
+def wait_for(condition, what: str, timeout: float = 120.0):
+    """Wait until ``condition()`` holds (polling); the deadline only guards against a hang."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+    return value

@@ -53,6 +53,7 @@ def test_published_bundle_loads_from_its_unmodified_config(tmp_path, name):
     spec = load_spec(folder)
     assert spec.bundle is not None and spec.weights_file == "models/model.pt"
     segmenter = Segmenter(folder, "cpu")  # builds the bundle's own MONAI transforms, inferer and post-processing
+    assert segmenter.precision.name == "fp32"  # as MONAI's evaluator runs it on the CPU, even where bf16 is available
     names = [type(t).__name__ for t in segmenter.bundle.preprocessing.transforms]
     assert names[0] == "HostVolumesd" and "LoadImaged" not in names
     assert "SaveImaged" not in [type(t).__name__ for t in segmenter.bundle.postprocessing]

@@ -514,7 +514,8 @@ def test_a_volume_beyond_the_resource_guard_shows_one_message(app, make_panel, l
     volume, _ = add_volume(logic.scene, tmp_path, "wrong_unit", shape=(30, 30, 20), spacing=(50.0, 50.0, 50.0))
     panel = make_panel()
     ui = panel.ui
-    panel.models.add_model_folder(str(model))
+    panel.select_model(str(model))  # "Add model..." installs in the background; the folder is usable as it is
+    assert panel.model_folder() == str(model)
     ui.inputSelector.setCurrentNode(volume)
     before = node_ids(logic.scene)
     click(app, ui.segmentButton)
@@ -816,7 +817,9 @@ def test_one_selector_per_channel_assigned_by_name_and_region_segments_overlap(a
     run_until(app, lambda: not panel.running, timeout=120)
     assert panel.dialogs.messages == []
     node = logic.result_for(nodes["T1c"])  # the first channel's volume holds the result, on its grid
-    assert node is not None and json.loads(node.GetAttribute("SegmentLesion.Channels")) == [nodes[n].GetID() for n in ("T1c", "T1", "T2", "FLAIR")]
+    assert node is not None and json.loads(node.GetAttribute("SegmentLesion.Channels")) == [
+        nodes[n].GetID() for n in ("T1c", "T1", "T2", "FLAIR")
+    ]
     segmentation = node.GetSegmentation()
     names = [segmentation.GetNthSegment(index).GetName() for index in range(segmentation.GetNumberOfSegments())]
     assert names == ["Whole tumor", "Tumor core", "Enhancing tumor"]  # paint order: merged in order = the model's labelmap

@@ -321,3 +321,34 @@ def test_quiet_itk_keeps_what_itk_prints_itself_off_the_terminal(capfd, caplog):
         sitk.Image([2, 25, 15], sitk.sitkUInt8).SetDirection(direction)
     assert capfd.readouterr().err == ""
     assert "ITK printed" in caplog.text and "vnl_svd" in caplog.text
+
+
+def test_seg_nrrd_same_labelmap_same_bytes_and_slicer_reads_it(tmp_path, monkeypatch):
+    import datetime
+
+    import nrrd.writer
+    import slicer
+    from SegmentLesionLib.io.writers import write_labelmap
+    from SegmentLesionLib.models.spec import LabelInfo
+
+    labels = np.zeros((12, 14, 16), np.uint8)
+    labels[3:6, 4:9, 5:7] = 1
+    labelmap = sitk.GetImageFromArray(labels)
+    labelmap.SetSpacing((1.0, 1.2, 1.5))
+    write_labelmap(labelmap, tmp_path / "a.seg.nrrd", [LabelInfo(1, "lesion", [0.9, 0.3, 0.2])])
+
+    class Later(datetime.datetime):  # pynrrd stamps the header with utcnow(): a second write, a day later
+        @classmethod
+        def utcnow(cls):
+            return datetime.datetime(2031, 5, 6, 7, 8, 9)
+
+    monkeypatch.setattr(nrrd.writer, "datetime", Later)
+    write_labelmap(labelmap, tmp_path / "b.seg.nrrd", [LabelInfo(1, "lesion", [0.9, 0.3, 0.2])])
+    assert (tmp_path / "a.seg.nrrd").read_bytes() == (tmp_path / "b.seg.nrrd").read_bytes()
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "b.seg.nrrd"))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetNthSegment(0).GetName() == "lesion"

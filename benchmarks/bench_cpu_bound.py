@@ -285,7 +285,13 @@ def child_memory(model: Path, volume: Path, pipeline: str, work: Path) -> dict:
     return {"loaded_mb": loaded, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def sweep(model: Path, volume: Path, repeats: int) -> list[dict]:
+def wait_policy_network(model: Path, volume: Path, repeats: int) -> dict:
+    """Median network seconds of the sliding window (the model's own settings) in fp32 and bf16, in this process."""
+    rows = sweep(model, volume, repeats, only_own=True)
+    return {row["precision"]: row["network_s"] for row in rows}
+
+
+def sweep(model: Path, volume: Path, repeats: int, only_own: bool = False) -> list[dict]:
     """Network and blending time of the sliding window for other settings, on the case's model grid."""
     import torch
     from monai.inferers import SlidingWindowInferer
@@ -305,6 +311,7 @@ def sweep(model: Path, volume: Path, repeats: int) -> list[dict]:
     settings += [(spec.sw_batch_size, overlap, threads, p, False) for p in ("fp32", "bf16") for overlap in (0.125, 0.5)]
     settings += [(spec.sw_batch_size, spec.overlap, 1, p, False) for p in ("fp32", "bf16")]
     settings += [(*own, p, True) for p in ("fp32", "bf16")]  # channels_last_3d
+    settings = settings[:2] if only_own else settings
     reference = None
     rows = []
     for sw_batch, overlap, thread_count, precision, channels_last in settings:
@@ -327,6 +334,7 @@ def sweep(model: Path, volume: Path, repeats: int) -> list[dict]:
                 totals.append(time.perf_counter() - start)
                 nets.append(timed.seconds)
         mask = (logits.argmax(1) > 0).numpy()
+        network = network.to(memory_format=torch.contiguous_format)
         if reference is None:
             reference = mask  # the model's own settings in fp32 come first
         rows.append(
@@ -339,21 +347,45 @@ def sweep(model: Path, volume: Path, repeats: int) -> list[dict]:
                 "sliding_window_s": statistics.median(totals),
                 "network_s": statistics.median(nets),
                 "dice_vs_first": dice(mask, reference),
+                "lesion_voxels": int(mask.sum()),
             }
         )
         torch.set_num_threads(threads)
         print(
             f"  sw_batch {sw_batch}  overlap {overlap:5.3f}  threads {thread_count}  {precision}"
             f"{'  channels_last_3d' if channels_last else ''}: sliding window "
-            f"{rows[-1]['sliding_window_s']:6.2f} s, network {rows[-1]['network_s']:6.2f} s, Dice vs first row {rows[-1]['dice_vs_first']:.4f}",
+            f"{rows[-1]['sliding_window_s']:6.2f} s, network {rows[-1]['network_s']:6.2f} s, Dice vs first row {rows[-1]['dice_vs_first']:.4f} "
+            f"({rows[-1]['lesion_voxels']} lesion voxels)",
+            file=sys.stderr,
             flush=True,
         )
     return rows
 
 
 # ------------------------------------------------------------------------------------------------ the report
-def run_child(args: list[str]) -> dict:
+def compare_wait_policies(model: Path, volume: Path, model_args: list[str], rounds: int = 2) -> dict:
+    """The network's time in processes whose idle OpenMP threads spin (OpenMP's default) or sleep (PASSIVE)."""
+    runs: dict[str, list[dict]] = {"default": [], "PASSIVE": []}
+    for _ in range(rounds):
+        for policy in runs:
+            runs[policy].append(run_child(["--child", "policy", str(volume), "3", *model_args], None if policy == "default" else policy))
+    result = {policy: {p: statistics.median(r[p] for r in rows) for p in ("fp32", "bf16")} for policy, rows in runs.items()}
+    print(
+        "idle OpenMP threads (network seconds, sliding window on the brain's model grid, median of "
+        f"{rounds} processes x 3 runs): spinning (OpenMP's default) fp32 {result['default']['fp32']:.2f} s, "
+        f"bf16 {result['default']['bf16']:.2f} s; sleeping (OMP_WAIT_POLICY=PASSIVE, what segment-lesion sets) "
+        f"fp32 {result['PASSIVE']['fp32']:.2f} s, bf16 {result['PASSIVE']['bf16']:.2f} s; load average {load_average()}"
+    )
+    return result
+
+
+def run_child(args: list[str], wait_policy: str | None = "PASSIVE") -> dict:
+    """Run this script as a child process; ``wait_policy``: its OMP_WAIT_POLICY (PASSIVE, as ``segment-lesion``'s
+    processes set it; None: OpenMP's default)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "SegmentLesion"))
+    env.pop("OMP_WAIT_POLICY", None)
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"child {args[:3]} failed:\n{out.stderr[-3000:]}")
@@ -416,6 +448,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             if kind == "timing":
                 result = child_timing(model, Path(volume), int(extra), Path(tmp))
+            elif kind == "sweep":
+                result = sweep(model, Path(volume), int(extra))
+            elif kind == "policy":
+                result = wait_policy_network(model, Path(volume), int(extra))
             else:
                 result = child_memory(model, Path(volume), extra, Path(tmp))
         print(json.dumps(result))
@@ -429,6 +465,7 @@ def main() -> int:
     print(f"peak: fp32 {peak['fp32_peak_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_peak_gflops']:.0f} GFLOP/s")
     print(f"model: {model}; load average at start: {load_average()} (a shared machine: other sessions' work runs too)")
     report = {"machine": peak, "cases": {}}
+    model_args = ["--model", str(model)] if args.model else []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases.split(","):
             volume = make_case(name, Path(tmp))
@@ -438,18 +475,24 @@ def main() -> int:
             info = {"size": list(reader.GetSize()), "spacing": [round(v, 3) for v in reader.GetSpacing()]}
             flops = network_flops(model, volume)
             repeats = args.ct_repeats if name == "ct" else args.repeats
-            timing = run_child(["--child", "timing", str(volume), str(repeats), *(["--model", str(model)] if args.model else [])])
+            timing = run_child(["--child", "timing", str(volume), str(repeats), *model_args])
             memory = None
             if name in args.memory_cases.split(","):
-                memory = {
-                    p: run_child(["--child", "memory", str(volume), p, *(["--model", str(model)] if args.model else [])])
-                    for p in ("ours", "monai")
-                }
+                memory = {p: run_child(["--child", "memory", str(volume), p, *model_args]) for p in ("ours", "monai")}
             print_case(name, info, flops, timing, memory, peak)
             report["cases"][name] = {"input": info, "flops": flops, "timing": timing, "memory": memory}
+            if name == "brain":
+                report["wait_policy"] = compare_wait_policies(model, volume, model_args)
             if args.sweep and name == "brain":
-                print("sweep (sliding window on the brain's model grid, medians):")
-                report["sweep"] = sweep(model, volume, max(args.repeats // 2, 2))
+                print("sweep (sliding window on the brain's model grid, medians; OMP_WAIT_POLICY=PASSIVE):")
+                report["sweep"] = run_child(["--child", "sweep", str(volume), str(max(args.repeats // 2, 2)), *model_args])
+                for row in report["sweep"]:
+                    print(
+                        f"  sw_batch {row['sw_batch_size']}  overlap {row['overlap']:5.3f}  threads {row['threads']}  "
+                        f"{row['precision']}{'  channels_last_3d' if row['channels_last_3d'] else ''}: sliding window "
+                        f"{row['sliding_window_s']:6.2f} s, network {row['network_s']:6.2f} s, Dice vs first row "
+                        f"{row['dice_vs_first']:.4f} ({row['lesion_voxels']} lesion voxels)"
+                    )
     print(f"\nload average at the end: {load_average()}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

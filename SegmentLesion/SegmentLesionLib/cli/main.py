@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..errors import Cancelled, SegmentLesionError
-from . import evaluate, export, models, segment, synthesize, train
+from . import cohort, evaluate, export, models, segment, synthesize, train
 from .common import EXIT_CANCELLED, EXIT_ERROR
 
 logger = logging.getLogger("SegmentLesion")
 
-FAMILIES = (segment, export, train, evaluate, models, synthesize)
+FAMILIES = (segment, cohort, export, train, evaluate, models, synthesize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sleeping_openmp_threads() -> None:
+    """Idle OpenMP threads sleep instead of spinning, unless the user chose otherwise (``OMP_WAIT_POLICY``).
+
+    torch's CPU kernels run in OpenMP parallel regions; between two regions libgomp's threads spin by default. When
+    other programs also want the cores (Slicer itself, other jobs), a spinning thread takes the core from the thread
+    that the next region waits for: on this project's loaded 2-core machine the network ran several times faster with
+    sleeping threads (``benchmarks/bench_cpu_bound.py`` prints both; README, "CPU speed"). Only effective before
+    torch is first imported, which the subcommands do lazily; it changes this process only, never Slicer's.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    sleeping_openmp_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     # Other libraries' INFO chatter stays hidden; our own messages show (debug ones with --verbose).

@@ -14,9 +14,10 @@ for region models, the per-channel masks just before the label-mapping lambda.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Mapping, Optional
+from typing import Any, Callable, ContextManager, Hashable, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -169,13 +170,17 @@ class BundlePipeline:
 
     # --- running --------------------------------------------------------------------------------------------
 
-    def run(self, images: list[sitk.Image], network_for: NetworkFactory, name: str = "volume") -> BundleOutput:
+    def run(
+        self, images: list[sitk.Image], network_for: NetworkFactory, name: str = "volume", autocast: ContextManager[Any] | None = None
+    ) -> BundleOutput:
         """Run one case (its volumes in channel order, on one grid) through the bundle's pipeline.
 
         Args:
             images: the volumes, one per input channel, already on the first one's grid.
             network_for: gives the network to call for a model-grid shape (the engine wraps it for progress and cancel).
             name: the case's name, as MONAI's ``filename_or_obj``.
+            autocast: the context the inferer runs under (the engine's precision); None: float16 autocast on CUDA,
+                float32 elsewhere.
         """
         from monai.data import decollate_batch, list_data_collate
         from monai.transforms import Invertd, apply_transform
@@ -185,7 +190,8 @@ class BundlePipeline:
         batch = list_data_collate([data])
         inputs = batch[key].to(self.device)
         network = network_for(tuple(int(v) for v in inputs.shape[2:]))
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        if autocast is None:
+            autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
         with torch.no_grad(), autocast:
             pred = self.inferer(inputs, network)
         # What MONAI's evaluators hand their post-processing: the batch and the output, decollated, merged.

@@ -200,9 +200,12 @@ class Segmenter:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
         self.requested_precision = precision
-        self.precision = self.choose_precision(precision, self.device)
         # A Model Zoo bundle runs its own MONAI transforms, inferer and post-processing (engine/bundle_pipeline.py).
         self.bundle = BundlePipeline(self.spec, self.device) if self.spec.bundle is not None else None
+        self.precision = self.choose_precision(precision, self.device)
+        if self.bundle is not None and precision == "auto" and self.device.type == "cpu":
+            # As MONAI's own evaluator runs a bundle (its "amp" is CUDA autocast only); --precision bf16 still applies.
+            self.precision = Precision("fp32", "a Model Zoo bundle runs in fp32 on the CPU, as MONAI runs it")
 
     def choose_precision(self, requested: str | None = None, device: torch.device | None = None) -> Precision:
         """The precision for a request on ``device`` (default: the segmenter's); a note for the user is logged.
@@ -487,6 +490,7 @@ class Segmenter:
         reference: preprocess.Grid,
         options: SegmentOptions,
         mask: np.ndarray | None = None,
+        precision: Precision | None = None,
     ) -> SegmentationResult:
         """Lesions (connected components) and their report from a probability on the whole input grid (bundles).
 
@@ -511,7 +515,7 @@ class Segmenter:
         if len(spec.labels) > 1:  # lesions label by label, as for the engine's own multi-label models
             components, count = multilabel.components_by_label(found.labelmap, [label.value for label in spec.labels])
         lesions = postprocess.measure_lesions(components, count, ijk_to_ras_matrix(labelmap), prob_array, found.labelmap)
-        report = self._report(lesions, reference, options, self.precision, threshold, min_mm3, fill)
+        report = self._report(lesions, reference, options, precision or self.precision, threshold, min_mm3, fill)
         box = tuple(slice(0, int(n)) for n in reversed(reference.size))
         return SegmentationResult(labelmap, report, box, components, lambda: probability)
 
@@ -542,7 +546,8 @@ class Segmenter:
                 progress(0, wrapped.total, "inference")
             return wrapped
 
-        output = self.bundle.run(images, network_for, name)
+        precision = self.precision if options.precision in (None, self.requested_precision) else self.choose_precision(options.precision)
+        output = self.bundle.run(images, network_for, name, precision.autocast(self.device.type))
         inference_s = time.perf_counter() - start
         start = time.perf_counter()
         restrict = self._brain_mask(images[0], options)
@@ -551,7 +556,7 @@ class Segmenter:
             output.labels[~inside] = 0
             output.probability[~inside] = 0.0
         probability = reference.apply_to(sitk.GetImageFromArray(output.probability))
-        result = self._lesions(probability, output.labels, reference, options, mask=output.labels)
+        result = self._lesions(probability, output.labels, reference, options, mask=output.labels, precision=precision)
         result.regions = output.regions
         result.timings = {"inference_s": inference_s, "postprocess_s": time.perf_counter() - start}
         return result

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -70,6 +71,20 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, durable: bool =
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files ``atomic_path`` left beside ``path`` when its process was killed before the rename.
+
+    ``atomic_path`` removes its temporary on any error, but not after SIGKILL or a power cut; a caller about to
+    write ``path`` again (a resumed run) removes these first, so that nothing half-written stays behind.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    # mkstemp's names: the prefix, 8 characters of [a-z0-9_], the suffix (see atomic_path).
+    pattern = re.compile(rf"\.{re.escape(file_stem(path))}\.[a-z0-9_]{{8}}\.tmp{re.escape(file_extension(path))}")
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
 
 
 def write_text(text: str, path: str | os.PathLike, overwrite: bool = True, durable: bool = False) -> Path:

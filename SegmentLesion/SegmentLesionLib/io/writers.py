@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -232,6 +233,7 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterab
     with atomic_path(path, overwrite=overwrite) as tmp:
         # zlib's default level: level 9 (slicerio's default) takes 70 % longer for files 3 % smaller.
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
+        _blank_nrrd_timestamp(tmp)
     return path
 
 
@@ -260,4 +262,20 @@ def write_region_seg_nrrd(
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
+        _blank_nrrd_timestamp(tmp)
     return path
+
+
+# pynrrd stamps each header with the time of writing; the same labelmap must give the same bytes (checksums in
+# cohort records, comparisons between runs), so that comment is blanked in place (same length: no rewrite).
+_NRRD_TIMESTAMP = re.compile(rb"\n# on \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\(GMT\)\.\n")
+
+
+def _blank_nrrd_timestamp(path: Path) -> None:
+    with open(path, "r+b") as stream:
+        head = stream.read(512)
+        match = _NRRD_TIMESTAMP.search(head)
+        if match is not None:
+            line = match.group(0)
+            stream.seek(match.start())
+            stream.write(b"\n#" + b" " * (len(line) - 3) + b"\n")
