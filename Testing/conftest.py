@@ -46,7 +46,8 @@ def make_model(folder: Path, spatial_dims: int = 3, seed: int = 0, **settings) -
     from SegmentLesionLib.models.network import build_network, save_model
     from SegmentLesionLib.models.spec import LabelInfo, ModelSpec
 
-    network_def = tiny_network_def(spatial_dims)
+    # The network takes the model's input channels (a folder whose network disagrees is refused when loaded).
+    network_def = {**tiny_network_def(spatial_dims), "in_channels": int(settings.get("in_channels", 1))}
     defaults = dict(
         name="TinyTestModel",
         version="0.0.1",
