@@ -207,6 +207,7 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             needs_packages=self.logic.ensureDependencies,
             python=pythonExecutable(),
             on_result=self.onResult,
+            volume_selector=newVolumeSelector,
         )
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelOrDeviceChanged)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onModelOrDeviceChanged)
@@ -292,6 +293,18 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # SegmentLesionLogic
 #
+
+
+def newVolumeSelector():
+    """A scalar-volume selector on the scene, for each further input channel of a multi-sequence model."""
+    selector = slicer.qMRMLNodeComboBox()
+    selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+    selector.showChildNodeTypes = False
+    selector.noneEnabled = True
+    selector.addEnabled = False
+    selector.removeEnabled = False
+    selector.setMRMLScene(slicer.mrmlScene)
+    return selector
 
 
 def chooseModel(title: str) -> str:

@@ -46,7 +46,8 @@ def make_model(folder: Path, spatial_dims: int = 3, seed: int = 0, **settings) -
     from SegmentLesionLib.models.network import build_network, save_model
     from SegmentLesionLib.models.spec import LabelInfo, ModelSpec
 
-    network_def = tiny_network_def(spatial_dims)
+    # The network takes the model's input channels (a folder whose network disagrees is refused when loaded).
+    network_def = {**tiny_network_def(spatial_dims), "in_channels": int(settings.get("in_channels", 1))}
     defaults = dict(
         name="TinyTestModel",
         version="0.0.1",
@@ -311,6 +312,153 @@ def write_blob_dataset(folder: Path, seeds=(11, 12, 13), corrupt: tuple[str, ...
     # Written by hand, not by the project's writer: the tests read datasets the way nnU-Net users lay them out.
     (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+# ------------------------------------------------------------------ multi-sequence cases (tumour-like nested spheres)
+# Four sequences of one study: FLAIR shows the whole tumour (WT), T2 the tumour core (TC), T1c the enhancing tumour
+# (ET), T1 nothing; each sequence has its own intensity scale. Enhancing vessels outside the tumour are bright in T1c
+# only: a model must look at FLAIR too to call enhancing tumour.
+SEQUENCES = ("T1c", "T1", "T2", "FLAIR")
+SEQUENCE_SCALE = {"T1c": (300.0, 40.0), "T1": (500.0, 30.0), "T2": (80.0, 10.0), "FLAIR": (1200.0, 90.0)}  # mean, sd
+TUMOUR_RADII = {"WT": 8.0, "TC": 5.5, "ET": 3.5}  # mm
+
+
+def physical_points(image: sitk.Image) -> np.ndarray:
+    """The LPS position (mm) of every voxel centre, (k, j, i, 3)."""
+    size = image.GetSize()
+    k, j, i = np.meshgrid(*[np.arange(n, dtype=float) for n in size[::-1]], indexing="ij")
+    index = np.stack([i, j, k], axis=-1)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    return np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ direction.T
+
+
+def tumour_masks(points: np.ndarray, centre, vessels=()) -> dict[str, np.ndarray]:
+    """WT, TC and ET masks (and a vessel mask) at physical ``points`` for a tumour at ``centre`` (LPS mm)."""
+    distance = np.linalg.norm(points - np.asarray(centre, dtype=float), axis=-1)
+    masks = {name: distance <= radius for name, radius in TUMOUR_RADII.items()}
+    vessel = np.zeros(points.shape[:-1], bool)
+    for position in vessels:
+        vessel |= np.linalg.norm(points - np.asarray(position, dtype=float), axis=-1) <= 2.0
+    masks["vessel"] = vessel & ~masks["WT"]
+    return masks
+
+
+def sequence_array(name: str, masks: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One sequence's voxels (float32) for tumour masks: noise on its own scale plus its contrast."""
+    mean, sd = SEQUENCE_SCALE[name]
+    array = rng.normal(mean, sd, masks["WT"].shape)
+    if name == "FLAIR":
+        array += 4.0 * sd * masks["WT"]
+    elif name == "T2":
+        array += 4.0 * sd * masks["TC"]
+    elif name == "T1c":
+        array += 5.0 * sd * (masks["ET"] | masks["vessel"])
+    return array.astype(np.float32)
+
+
+def sequence_case(grids: dict[str, sitk.Image], centre, vessels=(), seed: int = 0) -> dict[str, sitk.Image]:
+    """Each sequence sampled on its own grid (an empty image giving size, spacing, origin and direction), the same
+    tumour at the same physical place in all of them."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for name, grid in grids.items():
+        image = sitk.GetImageFromArray(sequence_array(name, tumour_masks(physical_points(grid), centre, vessels), rng))
+        image.CopyInformation(grid)
+        images[name] = image
+    return images
+
+
+def empty_grid(size, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    """An image that only carries a grid (size in (i, j, k) order)."""
+    image = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection([float(v) for v in direction])
+    return image
+
+
+def _training_case(rng: np.random.Generator, channels: tuple[str, ...], shape=(24, 24, 24)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from SegmentLesionLib.engine.intensity import normalize_intensity
+
+    points = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), axis=-1)
+    centre = [rng.uniform(5.0, n - 5.0) for n in shape]
+    vessels = [[rng.uniform(2.0, n - 2.0) for n in shape] for _ in range(int(rng.integers(0, 3)))]
+    masks = tumour_masks(points, centre, vessels)
+    data = np.stack([normalize_intensity(sequence_array(name, masks, rng), {"mode": "zscore"}) for name in channels])
+    return data, masks
+
+
+def train_sequence_model(folder: Path, activation: str, iterations: int = 100, seed: int = 0) -> Path:
+    """Train a tiny 3D UNet on tumour-like cases (a few seconds on 2 cores): a real multi-channel model.
+
+    ``softmax``: channels T1c and FLAIR, labels edema (1: WT without ET) and enhancing (2: ET).
+    ``sigmoid``: channels T1c, T1, T2, FLAIR, regions TC (1), WT (2), ET (4), BraTS' label convention [4, 1, 2].
+    """
+    import torch
+    from monai.losses import DiceCELoss, DiceLoss
+    from SegmentLesionLib.models.network import build_network, save_model
+    from SegmentLesionLib.models.spec import LabelInfo, ModelSpec
+
+    if activation == "softmax":
+        channels = ("T1c", "FLAIR")
+        labels = [LabelInfo(1, "Edema", [0.9, 0.8, 0.2]), LabelInfo(2, "Enhancing tumor", [0.9, 0.2, 0.2])]
+        priority = None
+    else:
+        channels = SEQUENCES
+        labels = [
+            LabelInfo(1, "Tumor core", [0.2, 0.6, 0.9]),
+            LabelInfo(2, "Whole tumor", [0.9, 0.8, 0.2]),
+            LabelInfo(4, "Enhancing tumor", [0.9, 0.2, 0.2]),
+        ]
+        priority = [4, 1, 2]
+    out_channels = 3
+    network_def = {**tiny_network_def(out_channels=out_channels), "in_channels": len(channels), "channels": [8, 16, 32]}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    network = build_network(network_def)
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True) if activation == "softmax" else DiceLoss(sigmoid=True, batch=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+    network.train()
+    for _ in range(iterations):
+        batch = [_training_case(rng, channels) for _ in range(3)]
+        images = torch.from_numpy(np.stack([b[0] for b in batch]))
+        if activation == "softmax":
+            target = np.stack([np.where(m["ET"], 2, np.where(m["WT"], 1, 0)) for _, m in batch])[:, None]
+            loss = loss_fn(network(images), torch.from_numpy(target))
+        else:
+            target = torch.from_numpy(np.stack([np.stack([m["TC"], m["WT"], m["ET"]]) for _, m in batch]).astype(np.float32))
+            logits = network(images)
+            loss = loss_fn(logits, target) + bce(logits, target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    spec = ModelSpec(
+        name=f"TumourTest{activation.title()}",
+        version="0.0.1",
+        network_def=network_def,
+        labels=labels,
+        in_channels=len(channels),
+        out_channels=out_channels,
+        activation=activation,
+        channel_names=list(channels),
+        overlap_priority=priority,
+        patch_size=[32, 32, 32],
+        spacing=None,
+        intensity={"mode": "zscore"},
+        min_lesion_mm3=0.0,
+    )
+    return save_model(folder, spec, network, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def softmax_sequence_model(tmp_path_factory) -> Path:
+    return train_sequence_model(tmp_path_factory.mktemp("models") / "tumour_softmax", "softmax")
+
+
+@pytest.fixture(scope="session")
+def region_sequence_model(tmp_path_factory) -> Path:
+    return train_sequence_model(tmp_path_factory.mktemp("models") / "tumour_regions", "sigmoid")
 
 
 # ------------------------------------------------------------------ cohorts

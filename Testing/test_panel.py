@@ -7,7 +7,9 @@ buttons are clicked as a user would and the Qt event loop runs the panel's timer
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +26,7 @@ QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 
 from conftest import make_model  # noqa: E402
-from SegmentLesionLib.ui import geometry, mrml  # noqa: E402
+from SegmentLesionLib.ui import geometry, mrml, results  # noqa: E402
 from SegmentLesionLib.ui.model_section import MODEL_FOLDERS_KEY  # noqa: E402
 from SegmentLesionLib.ui.panel import SegmentLesionPanel, prop  # noqa: E402
 
@@ -38,13 +40,19 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):  # noqa: N801 (Slicer's class name
     currentNodeChanged = QtCore.Signal(object)
 
     def setMRMLScene(self, scene):  # noqa: N802
+        same = getattr(self, "scene", None) is scene
+        current = self.currentData() if same else None
         self.scene = scene
+        blocked = self.blockSignals(True)
         self.clear()
         nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
         for index in range(nodes.GetNumberOfItems()):
             node = nodes.GetItemAsObject(index)
             if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetHideFromEditors():
                 self.addItem(node.GetName(), node.GetID())
+        if same:  # listing the scene again keeps the choice (none included), as Slicer's combo box does
+            self.setCurrentIndex(self.findData(current) if current else -1)
+        self.blockSignals(blocked)
 
     def currentNode(self):  # noqa: N802
         node_id = self.currentData()
@@ -52,7 +60,14 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):  # noqa: N801 (Slicer's class name
 
     def setCurrentNode(self, node):  # noqa: N802
         self.setMRMLScene(self.scene)
-        self.setCurrentIndex(self.findData(node.GetID()))
+        self.setCurrentIndex(self.findData(node.GetID()) if node is not None else -1)
+
+    def nodeCount(self):  # noqa: N802
+        self.setMRMLScene(self.scene)  # Slicer's combo box follows the scene; this one lists it when asked
+        return self.count()
+
+    def nodeFromIndex(self, index):  # noqa: N802
+        return self.scene.GetNodeByID(self.itemData(index))
 
 
 class ctkCollapsibleButton(QtWidgets.QWidget):  # noqa: N801
@@ -152,13 +167,19 @@ def logic():
 def make_panel(app, logic, model_3d, tmp_path):
     panels = []
 
+    def new_selector():
+        selector = qMRMLNodeComboBox()
+        selector.setMRMLScene(logic.scene)
+        selector.setCurrentNode(None)
+        return selector
+
     def build(default_model_dir=model_3d, needs_packages=None):
         ui = load_ui(logic.scene)
         dialogs = Dialogs()
         settings = QtCore.QSettings(str(tmp_path / f"settings{len(panels)}.ini"), QtCore.QSettings.IniFormat)
         panel = SegmentLesionPanel(
             ui,
-            SimpleNamespace(QTimer=QtCore.QTimer, QTableWidgetItem=QtWidgets.QTableWidgetItem),
+            SimpleNamespace(QTimer=QtCore.QTimer, QTableWidgetItem=QtWidgets.QTableWidgetItem, QLabel=QtWidgets.QLabel),
             logic,
             error_context=dialogs.error_context,
             ask=dialogs.ask,
@@ -167,6 +188,7 @@ def make_panel(app, logic, model_3d, tmp_path):
             default_model_dir=default_model_dir,
             needs_packages=needs_packages,
             registry=tmp_path / f"registry{len(panels)}",
+            volume_selector=new_selector,
         )
         panel.dialogs = dialogs
         panels.append(panel)
@@ -742,3 +764,134 @@ def test_the_table_waits_while_its_section_is_closed(app, make_panel, logic, tmp
     assert panel.lesions.stale and panel.ui.lesionTable.rowCount() == 1
     panel.ui.lesionsCollapsibleButton.setCollapsed(False)
     assert not panel.lesions.stale and panel.ui.lesionTable.rowCount() == 2
+
+
+# --- models with several input channels -------------------------------------------------------------------
+def add_study(scene, tmp_path, names, seed=7):
+    """One study's sequences as volume nodes named ``names[sequence]`` (T1c and T1 on one grid, T2 and FLAIR on
+    their own: different sizes, spacings, and FLAIR stored RAS), read from files as Slicer reads them."""
+    from conftest import empty_grid, sequence_case
+
+    t1c = empty_grid((40, 36, 32), (1.0, 1.0, 1.0), (-20.0, -18.0, -16.0))
+    grids = {
+        "T1c": t1c,
+        "T1": t1c,
+        "T2": empty_grid((34, 32, 24), (1.3, 1.2, 1.5), (-21.0, -19.0, -17.0)),
+        "FLAIR": empty_grid((48, 44, 40), (0.9, 0.9, 0.9), (22.0, 20.0, -18.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1)),
+    }
+    images = sequence_case({name: grids[name] for name in names}, (3.0, -2.0, 1.5), [(-12.0, 10.0, 6.0)], seed=seed)
+    nodes = {}
+    for sequence, node_name in names.items():
+        path = tmp_path / f"{node_name}.nrrd"
+        sitk.WriteImage(images[sequence], str(path))
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", node_name)
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        assert storage.ReadData(node)
+        nodes[sequence] = node
+    return nodes
+
+
+def test_one_selector_per_channel_assigned_by_name_and_region_segments_overlap(app, make_panel, logic, region_sequence_model, tmp_path):
+    # Scene order puts the plain T1 before the T1ce: "t1" must not take T1c's place.
+    nodes = add_study(logic.scene, tmp_path, {"T1": "sub01_t1", "FLAIR": "sub01_flair", "T1c": "sub01_t1ce", "T2": "sub01_t2"})
+    panel = make_panel(default_model_dir=region_sequence_model)
+    ui = panel.ui
+    labels = [prop(ui.inputVolumeLabel, "text")] + [prop(label, "text") for label, _ in panel.channels.rows]
+    assert labels == ["T1c:", "T1:", "T2:", "FLAIR:"]
+    assert [selector.currentNode() for selector in panel.channels.selectors] == [nodes[n] for n in ("T1c", "T1", "T2", "FLAIR")]
+    assert all(selector.isVisibleTo(ui.root) for _, selector in panel.channels.rows)
+
+    # The same volume for two channels is refused at Segment, with one message; nothing starts.
+    flair_selector = panel.channels.selectors[3]
+    flair_selector.setCurrentNode(nodes["T2"])
+    click(app, ui.segmentButton)
+    assert not panel.running and len(panel.dialogs.messages) == 1
+    assert "T2 and FLAIR show the same volume" in panel.dialogs.messages[0] and logic.result_for(nodes["T1c"]) is None
+    panel.dialogs.messages.clear()
+    flair_selector.setCurrentNode(nodes["FLAIR"])
+
+    ui.minimumSizeSpinBox.setValue(0.0)
+    click(app, ui.segmentButton)
+    assert not any(selector.isEnabled() for selector in panel.channels.selectors)
+    run_until(app, lambda: not panel.running, timeout=120)
+    assert panel.dialogs.messages == []
+    node = logic.result_for(nodes["T1c"])  # the first channel's volume holds the result, on its grid
+    assert node is not None and json.loads(node.GetAttribute("SegmentLesion.Channels")) == [
+        nodes[n].GetID() for n in ("T1c", "T1", "T2", "FLAIR")
+    ]
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(index).GetName() for index in range(segmentation.GetNumberOfSegments())]
+    assert names == ["Whole tumor", "Tumor core", "Enhancing tumor"]  # paint order: merged in order = the model's labelmap
+    layers = {segmentation_layer(node, index) for index in range(3)}
+    assert len(layers) == 3  # overlapping regions: one layer each
+    masks = {name: segment_mask(logic, node, index) for index, name in enumerate(names)}
+    assert masks["Enhancing tumor"].any() and (masks["Enhancing tumor"] & masks["Whole tumor"]).any()
+    merged = logic.labelmap_array(node)
+    ai = geometry.image_array(logic.ai_labelmap_node(node).GetImageData())
+    assert np.array_equal(merged, ai) and not logic.has_edits(node)
+    assert set(np.unique(merged)) <= {0, 1, 2, 4} and 4 in merged
+
+    # The lesion table groups lesions by label, in segment order; ids run on across labels.
+    table = panel.lesions.lesions
+    assert [row["id"] for row in table] == list(range(1, len(table) + 1))
+    assert [row["segment"] for row in table] == sorted((row["segment"] for row in table), key=names.index)
+    assert {row["segment"] for row in table} == set(names)
+    assert ui.lesionTable.rowCount() == len(table)
+    assert [ui.lesionTable.item(row, 0).text() for row in range(len(table))] == [f"{r['id']} {r['segment']}" for r in table]
+    assert re.match(r"Whole tumor: \d+ lesion\(s\), \d+\.\d\d mL; Tumor core: ", prop(ui.lesionSummaryLabel, "text"))
+    whole = [row for row in table if row["segment"] == "Whole tumor"]
+    assert sum(row["voxels"] for row in whole) == int(masks["Whole tumor"].sum())
+
+
+def test_a_single_channel_model_shows_one_selector_again(make_panel, logic, softmax_sequence_model, model_3d):
+    panel = make_panel(default_model_dir=softmax_sequence_model)
+    assert prop(panel.ui.inputVolumeLabel, "text") == "T1c:" and prop(panel.channels.rows[0][0], "text") == "FLAIR:"
+    panel.select_model(str(model_3d))
+    assert prop(panel.ui.inputVolumeLabel, "text") == "Input volume:"
+    assert len(panel.channels.selectors) == 1 and not panel.channels.rows[0][1].isVisibleTo(panel.ui.root)
+
+
+def test_multi_sequence_case_exports_every_channel(app, make_panel, logic, softmax_sequence_model, tmp_path, capfd):
+    from monai.data import load_decathlon_datalist
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    for node in list(results.nodes_by_class(logic.scene, "vtkMRMLScalarVolumeNode")):
+        if node.GetName().startswith("sub01_"):  # another study's T1c would be the first T1c-like volume
+            logic.scene.RemoveNode(node)
+    nodes = add_study(logic.scene, tmp_path, {"T1c": "pat2 T1 post", "FLAIR": "pat2 T2-FLAIR"}, seed=8)
+    panel = make_panel(default_model_dir=softmax_sequence_model)
+    ui = panel.ui
+    assert [selector.currentNode() for selector in panel.channels.selectors] == [nodes["T1c"], nodes["FLAIR"]]
+    ui.minimumSizeSpinBox.setValue(0.0)
+    click(app, ui.segmentButton)
+    run_until(app, lambda: not panel.running, timeout=120)
+    assert panel.dialogs.messages == []
+    table = panel.lesions.lesions
+    assert {row["segment"] for row in table} == {"Edema", "Enhancing tumor"}
+    dataset = tmp_path / "Dataset601_Sequences"
+    ui.datasetPathLineEdit.setCurrentPath(str(dataset))
+    ui.caseIdLineEdit.setText("pat2")
+    click(app, ui.exportButton)
+    assert panel.dialogs.messages == []
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1c", "1": "FLAIR"} and meta["labels"] == {"background": 0, "Edema": 1, "Enhancing tumor": 2}
+    flair = sitk.ReadImage(str(dataset / "imagesTr" / "pat2_0001.nii.gz"))
+    t1c = sitk.ReadImage(str(dataset / "imagesTr" / "pat2_0000.nii.gz"))
+    assert flair.GetSize() == t1c.GetSize() == (40, 36, 32)  # FLAIR resampled onto T1c's grid, as inference does
+    capfd.readouterr()
+    verify_dataset_integrity(str(dataset), num_processes=1)
+    printed = capfd.readouterr()
+    assert "verify_dataset_integrity Done" in printed.out + printed.err and "Error" not in printed.out + printed.err
+    cases = load_decathlon_datalist(str(dataset / "dataset.json"), is_segmentation=True, data_list_key="training")
+    assert [Path(path).name for path in cases[0]["image"]] == ["pat2_0000.nii.gz", "pat2_0001.nii.gz"]
+
+
+def segmentation_layer(node, index):
+    segment_id = node.GetSegmentation().GetNthSegmentID(index)
+    return node.GetSegmentation().GetLayerIndex(segment_id)
+
+
+def segment_mask(logic, node, index):
+    segment_id = node.GetSegmentation().GetNthSegmentID(index)
+    return logic.labelmap_array(node, None, {segment_id: 1}) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import SimpleITK as sitk
 from conftest import make_volume
 from SegmentLesionLib.runtime.client import WorkerClient
@@ -13,6 +14,7 @@ from SegmentLesionLib.runtime.messages import (
     ControlRequest,
     DoneEvent,
     ProgressEvent,
+    ProtocolError,
     ReadyEvent,
     SegmentRequest,
     parse_event,
@@ -129,6 +131,12 @@ def test_the_wire_format_is_the_documented_one():
         "options": {"threshold": 0.5},
     }
     assert parse_request(request.to_json()) == request
+    # A model with several input channels: every channel's volume, and a folder for a region model's masks.
+    several = SegmentRequest("8", "/tmp/t1c.nrrd", "/tmp/out.nrrd", inputs=["/tmp/t1c.nrrd", "/tmp/flair.nrrd"], regions="/tmp/job")
+    assert several.to_json()["inputs"] == ["/tmp/t1c.nrrd", "/tmp/flair.nrrd"] and several.to_json()["regions"] == "/tmp/job"
+    assert parse_request(several.to_json()) == several
+    with pytest.raises(ProtocolError, match="'inputs' is not a list of paths"):
+        parse_request({**several.to_json(), "inputs": "/tmp/t1c.nrrd"})
     assert ControlRequest("cancel", "7").to_json() == {"command": "cancel", "id": "7"}
     done = {"event": "done", "id": "7", "output": "/o", "report": "/r", "lesions": 2, "seconds": 4.1}
     assert parse_event(done) == DoneEvent("7", "/o", "/r", 2, 4.1) and DoneEvent("7", "/o", "/r", 2, 4.1).to_json() == done

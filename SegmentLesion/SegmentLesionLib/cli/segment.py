@@ -32,7 +32,13 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``segment``, ``demo`` and ``worker``."""
     seg = subparsers.add_parser("segment", help="segment one or more volumes")
-    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="volume file(s), DICOM series folder(s), or a folder of volume files")
+    seg.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="volume file(s), DICOM series folder(s), or a folder of volume files; for a model with several input "
+        "channels one case as NAME=PATH per channel (e.g. T1c=a.nii.gz FLAIR=b.nrrd)",
+    )
     seg.add_argument("--output", "-o", required=True, help="output file (.seg.nrrd, .nii.gz, .nrrd) for one input, a folder for several")
     seg.add_argument("--format", default=".seg.nrrd", choices=[".seg.nrrd", ".nii.gz", ".nrrd"], help="file format inside an output folder")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -92,13 +98,31 @@ def plan_outputs(cases: list[Path], output: str, fmt: str) -> list[Path]:
     return [out / f"{stem}{fmt}" for stem in stems]
 
 
+def plan_cases(inputs: list[str], model: str | None) -> list[list[Path]]:
+    """The cases to segment, each a list of files in the model's channel order.
+
+    ``NAME=PATH`` arguments (or a model with several input channels) make one case of several volumes, matched to
+    the model's channel names case-insensitively (``engine.inputs``); plain paths are one case each.
+    """
+    from ..engine.inputs import check_distinct_files, match_channels, parse_channel_argument
+    from ..models.spec import default_model_dir, load_spec
+
+    arguments = [parse_channel_argument(item) for item in inputs]
+    spec = load_spec(model or default_model_dir())
+    if spec.in_channels <= 1 and not any(argument.name for argument in arguments):
+        return [[case] for case in expand_inputs(inputs)]
+    paths = match_channels([(argument.name, argument.path) for argument in arguments], spec.channel_names, spec.in_channels, spec.name)
+    check_distinct_files(paths, spec.input_channels())
+    return [paths]
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """``segment``: every case is checked and every output planned before any work starts."""
     from ..engine.inference import Segmenter, SegmentOptions
     from ..io.writers import check_output_path, report_path, write_labelmap
 
-    cases = expand_inputs(args.inputs)
-    outputs = plan_outputs(cases, args.output, args.format)
+    cases = plan_cases(args.inputs, args.model)
+    outputs = plan_outputs([case[0] for case in cases], args.output, args.format)
     for output in outputs:
         check_output_path(output)
         for path in (output, report_path(output)):
@@ -109,11 +133,13 @@ def run_segment(args: argparse.Namespace) -> int:
         args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels, args.brain_mask
     )
     failures = 0
-    for index, (case, output) in enumerate(zip(cases, outputs)):
+    for index, (files, output) in enumerate(zip(cases, outputs)):
+        case = files[0]
         prefix = f"[{index + 1}/{len(cases)}] {case.name}"
         try:
-            result = segmenter.segment_file(case, options, console_progress(prefix))
-            write_labelmap(result.labelmap, output, segmenter.spec.labels, overwrite=args.overwrite)
+            result = segmenter.segment_files(files, options, console_progress(prefix))
+            spec = segmenter.spec
+            write_labelmap(result.labelmap, output, spec.labels, args.overwrite, result.regions, spec.overlap_priority)
             result.report.write(report_path(output), overwrite=True)
             if args.probability:
                 from ..io.files import file_stem

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -39,11 +39,20 @@ logger = logging.getLogger("SegmentLesion")
 
 @dataclass
 class DatasetCase:
-    """One case of a dataset: its ID and the files of its image and (corrected) label."""
+    """One case of a dataset: its ID and the files of its image (channel 0) and (corrected) label.
+
+    ``channels`` lists every channel's image file (``ID_0000``, ``ID_0001``...) for a case of several channels.
+    """
 
     case_id: str
     image: Path
     label: Path
+    channels: list[Path] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[Path]:
+        """The image file of each channel, in channel order."""
+        return list(self.channels) if self.channels else [self.image]
 
 
 @dataclass
@@ -81,7 +90,7 @@ class PreparedCase:
     """
 
     case_id: str
-    image: np.ndarray  # (1, i, j, k) float32, normalised
+    image: np.ndarray  # (C, i, j, k) float32, each channel normalised
     label: np.ndarray  # (1, i, j, k) uint8 class indices
     spacing: tuple[float, float, float]
 
@@ -134,8 +143,9 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
     channels = meta.get("channel_names") or meta.get("modality") or {"0": "MR"}
     if not isinstance(channels, dict):
         raise InputError(f'{where}: \'channel_names\' must be an object such as {{"0": "T1"}}')
-    if len(channels) != 1:
-        raise InputError(f"{where}: {len(channels)} image channels; only single-channel datasets are supported")
+    if not channels:
+        raise InputError(f'{where}: \'channel_names\' names no channel; it must be an object such as {{"0": "T1"}}')
+    count = len(channels)
     file_ending = str(meta.get("file_ending", layout.FILE_ENDING))
     cases: list[DatasetCase] = []
     training = meta.get("training")
@@ -143,9 +153,14 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
         for index, item in enumerate(training):
             if not isinstance(item, dict) or "image" not in item or "label" not in item:
                 raise InputError(f"{where}: training[{index}] needs 'image' and 'label'")
-            image = _resolve(root, item["image"], f"{where}: training[{index}].image")
+            raw = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            if len(raw) != count and not (count > 1 and len(raw) == 1):
+                raise InputError(f"{where}: training[{index}].image lists {len(raw)} image(s) for {count} channel(s)")
+            images = [_resolve(root, entry, f"{where}: training[{index}].image") for entry in raw]
+            if len(images) < count:  # nnU-Net style: the entry names channel 0, the others follow its name
+                images = [images[0].with_name(images[0].name.replace(CHANNEL_SUFFIX, layout.channel_suffix(c))) for c in range(count)]
             label = _resolve(root, item["label"], f"{where}: training[{index}].label")
-            cases.append(DatasetCase(_case_id_from_image(image, file_ending), image, label))
+            cases.append(DatasetCase(_case_id_from_image(images[0], file_ending), images[0], label, images if count > 1 else []))
     else:
         images_dir = root / layout.IMAGES_DIR
         if not images_dir.is_dir():
@@ -154,7 +169,8 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
             if image.name.startswith(".") or not image.name.endswith(CHANNEL_SUFFIX + file_ending):
                 continue
             case_id = _case_id_from_image(image, file_ending)
-            cases.append(DatasetCase(case_id, image, root / layout.label_path(case_id, file_ending)))
+            channel_files = [root / layout.image_path(case_id, c, file_ending) for c in range(count)] if count > 1 else []
+            cases.append(DatasetCase(case_id, image, root / layout.label_path(case_id, file_ending), channel_files))
     if not cases:
         raise InputError(
             f"{root}: the dataset lists no case ({layout.image_path('ID', 0, file_ending)} + {layout.label_path('ID', file_ending)})"
@@ -211,21 +227,25 @@ def class_lookup(spec: ModelSpec, dataset_labels: dict[str, int] | None = None) 
     return table
 
 
-def read_case(case: DatasetCase) -> tuple[sitk.Image, sitk.Image]:
-    """Read a case's image and label and check that the label lies on the image's grid.
+def read_case(case: DatasetCase) -> tuple[list[sitk.Image], sitk.Image]:
+    """Read a case's images (one per channel) and label and check that they all lie on one grid.
 
     Raises:
-        InputError: a missing or corrupt file, or a label on another grid.
+        InputError: a missing or corrupt file, or an image or label on another grid.
     """
-    if not case.image.exists():
-        raise InputError(f"{case.image}: image file missing")
+    for path in case.images:
+        if not path.exists():
+            raise InputError(f"{path}: image file missing")
     if not case.label.exists():
         raise InputError(f"{case.label}: label file missing")
-    image = read_volume(case.image)
+    images = [read_volume(path) for path in case.images]
     label = read_labelmap(case.label)
-    if not same_geometry(image, label, tolerance=1e-3):
+    if not same_geometry(images[0], label, tolerance=1e-3):
         raise InputError(f"{case.label}: label grid (size, origin, spacing, direction) differs from its image's")
-    return image, label
+    for path, image in zip(case.images[1:], images[1:]):
+        if not same_geometry(images[0], image, tolerance=1e-3):
+            raise InputError(f"{path}: image grid differs from channel 0's ({case.image.name}); the channels of a case share one grid")
+    return images, label
 
 
 def prepare_case(case: DatasetCase, spec: ModelSpec, lookup: np.ndarray | None = None) -> PreparedCase:
@@ -234,11 +254,17 @@ def prepare_case(case: DatasetCase, spec: ModelSpec, lookup: np.ndarray | None =
     Raises:
         InputError: a missing, unreadable or corrupt file, or a label on another grid than its image.
     """
-    image, label = read_case(case)
-    grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
-    model_image = preprocess.to_model_grid(image, grid, exact)
-    data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
-    del model_image, image
+    images, label = read_case(case)
+    if len(images) != max(spec.in_channels, 1):
+        raise InputError(f"case {case.case_id}: {len(images)} image channel(s); the model {spec.name} takes {spec.in_channels}")
+    grid, exact = preprocess.model_grid(images[0], spec.orientation, spec.spacing)
+    channels = []
+    while images:  # as inference: each channel on the model grid, normalised on its own
+        model_image = preprocess.to_model_grid(images.pop(0), grid, exact)
+        channels.append(preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity))
+        del model_image
+    data = np.stack(channels)
+    del channels
     model_label = preprocess.to_model_grid(label, grid, exact, interpolator=sitk.sitkNearestNeighbor)
     values = np.asarray(preprocess.array_xyz(model_label))
     table = class_lookup(spec) if lookup is None else lookup
@@ -250,7 +276,7 @@ def prepare_case(case: DatasetCase, spec: ModelSpec, lookup: np.ndarray | None =
         logger.warning("%s: label values %s are not labels of the model; treated as background", case.case_id, stray.tolist())
     return PreparedCase(
         case.case_id,
-        np.ascontiguousarray(data[None], dtype=np.float32),
+        np.ascontiguousarray(data, dtype=np.float32),
         np.ascontiguousarray(classes[None], dtype=np.uint8),
         tuple(float(v) for v in grid.spacing),
     )
@@ -409,7 +435,7 @@ class PatchSampler:
         return rng.integers(low, high + 1), False
 
     def batch(self, rng: np.random.Generator, batch_size: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of augmented patches on ``device``: images (B, 1, *patch) and class-index labels (B, 1, *patch), float32."""
+        """A batch of augmented patches on ``device``: images (B, C, *patch) and class-index labels (B, 1, *patch), float32."""
         import torch
         import torch.nn.functional as F
 
@@ -421,16 +447,17 @@ class PatchSampler:
             rotate = aug is not None and rng.random() < aug.affine_prob
             # A patch to be rotated is cropped larger, so that its corners hold image rather than padding.
             size = [int(math.ceil(s * 1.4)) for s in self.patch_size] if rotate else self.patch_size
+            channels = self.cases[index].image.shape[0]
             pair = np.concatenate([_crop(self.cases[index].image, centre, size), _crop(self.cases[index].label, centre, size)])
             tensor = torch.from_numpy(pair.astype(np.float32, copy=False)).to(device)
             if rotate:
                 theta = torch.as_tensor(_affine_theta(rng, aug, size, self.patch_size), dtype=torch.float32, device=device)[None]
                 grid = F.affine_grid(theta, [1, 1, *self.patch_size], align_corners=False)
-                image = F.grid_sample(tensor[None, :1], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-                label = F.grid_sample(tensor[None, 1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+                image = F.grid_sample(tensor[None, :channels], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+                label = F.grid_sample(tensor[None, channels:], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
                 tensor = torch.cat([image, label])
-            images.append(tensor[:1])
-            labels.append(tensor[1:])
+            images.append(tensor[:channels])
+            labels.append(tensor[channels:])
         image_batch, label_batch = torch.stack(images), torch.stack(labels)
         if aug is not None:
             self._augment(image_batch, label_batch, rng, aug)

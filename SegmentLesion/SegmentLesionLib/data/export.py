@@ -25,7 +25,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -137,6 +137,12 @@ def _check_compatible(dataset: Path, existing: Mapping[str, Any] | None, meta: D
             f"{dataset}: the dataset's labels {existing['labels']} differ from the model's {meta.labels}; "
             "export into another dataset folder (a dataset holds one label set)"
         )
+    listed = existing.get("channel_names")
+    if isinstance(listed, Mapping) and (len(listed) > 1 or meta.channels > 1) and dict(listed) != meta.channel_names:
+        raise InputError(
+            f"{dataset}: the dataset's image channels {dict(listed)} differ from this case's {meta.channel_names}; "
+            "export into another dataset folder (a dataset holds one set of channels)"
+        )
     if existing.get("file_ending", layout.FILE_ENDING) != layout.FILE_ENDING:
         raise InputError(f"{dataset}: the dataset's file_ending is {existing['file_ending']!r}; this export writes {layout.FILE_ENDING}")
 
@@ -198,7 +204,7 @@ def _check_destination(dataset: Path, overlap: str, extra_formats: list[str], ou
 
 
 def prepare_export(
-    image: str | os.PathLike | sitk.Image,
+    image: str | os.PathLike | sitk.Image | Sequence[str | os.PathLike | sitk.Image],
     label: LabelSource,
     dataset_dir: str | os.PathLike,
     *,
@@ -228,19 +234,26 @@ def prepare_export(
     spec = resolve_model(model)
     labels = _dataset_labels(spec, existing)
 
-    volume, source, dicom_folder = read_image(image)
+    sources = list(image) if isinstance(image, (list, tuple)) else [image]
+    volume, source, dicom_folder = read_image(sources[0])
     dicom_folder = Path(dicom_series) if dicom_series is not None else dicom_folder
     identity = list(identity)
     if dicom_folder is not None:
         identity += dicom_identity(dicom_folder)
         source.modality = dicom_modality(dicom_folder) or source.modality
-    meta = DatasetMeta(labels_dict(labels), {"0": (spec.modality if spec and spec.modality else None) or source.modality or "image"})
+    channel_names = _channel_names(spec, existing, len(sources))
+    if len(channel_names) > 1:
+        meta = DatasetMeta(labels_dict(labels), {str(index): name for index, name in enumerate(channel_names)})
+    else:
+        meta = DatasetMeta(labels_dict(labels), {"0": (spec.modality if spec and spec.modality else None) or source.modality or "image"})
     _check_compatible(dataset, existing, meta)
     if case_id:
         validate_case_id(case_id, identity)
     if "dicom-seg" in extra_formats and dicom_folder is None:
         raise InputError("dicom-seg: the image is not a DICOM series folder; a DICOM SEG needs its source series")
-    prepared = _prepare_labels(volume, label, ai_label, labels, overlap)
+    if overlap == "refuse" and spec is not None and spec.activation == "sigmoid" and len(spec.labels) > 1:
+        overlap = "model"  # a region model's segments overlap by design: its own label convention flattens them
+    prepared = _prepare_labels(volume, label, ai_label, labels, overlap, spec.overlap_priority if spec else None)
     provenance, warnings = _build_provenance(prepared, volume, source, spec, labels, meta, report)
     provenance.case_id = case_id or ""
     dicom_segmentation = None
@@ -249,19 +262,61 @@ def prepare_export(
 
         model_json = provenance.model.to_json() if provenance.model else None
         dicom_segmentation = build_dicom_seg(prepared["label"][0], dicom_folder, labels, model_json)
-    images = {"image": volume, **{role: labelmap for role, (labelmap, _) in prepared.items()}}
+    images = {
+        "image": volume,
+        **_other_channels(volume, sources, channel_names),
+        **{role: labelmap for role, (labelmap, _) in prepared.items()},
+    }
     return PreparedExport(dataset, meta, labels, images, provenance, overwrite, extra_formats, out_dir, dicom_segmentation, warnings)
 
 
+def _channel_names(spec: ModelSpec | None, existing: Mapping[str, Any] | None, given: int) -> list[str]:
+    """The case's channel names: the model's; without a model, the dataset's (or ``channel 1``...).
+
+    Raises:
+        InputError: a number of images that does not match the model's (or the dataset's) channels.
+    """
+    if spec is not None:
+        names = spec.input_channels()
+        where = f"the model {spec.name}"
+    else:
+        listed = existing.get("channel_names") if existing else None
+        names = [str(listed[key]) for key in sorted(listed, key=str)] if isinstance(listed, Mapping) and len(listed) > 1 else []
+        names = names or [f"channel {index + 1}" for index in range(given)]
+        where = "the dataset"
+    if len(names) != given and not (given == 1 and len(names) == 1):
+        raise InputError(f"{where} takes {len(names)} image channel(s) ({', '.join(names)}); {given} image(s) given")
+    return names
+
+
+def _other_channels(volume: sitk.Image, sources: list[Any], names: list[str]) -> dict[str, sitk.Image]:
+    """The images of channels 1..N, resampled onto channel 0's grid in physical space, as inference does it."""
+    if len(sources) <= 1:
+        return {}
+    from ..engine.inputs import align_to_first, check_distinct_files
+
+    paths = [source for source in sources if not isinstance(source, sitk.Image)]
+    if len(paths) == len(sources):
+        check_distinct_files(paths, names)
+    others = [read_image(source)[0] for source in sources[1:]]
+    aligned = align_to_first([volume, *others], names)
+    return {layout.image_role(channel): _compact(image) for channel, image in enumerate(aligned) if channel > 0}
+
+
 def _prepare_labels(
-    volume: sitk.Image, label: LabelSource, ai_label: LabelSource | None, labels: list[LabelInfo], overlap: str
+    volume: sitk.Image,
+    label: LabelSource,
+    ai_label: LabelSource | None,
+    labels: list[LabelInfo],
+    overlap: str,
+    priority: list[int] | None = None,
 ) -> dict[str, tuple[sitk.Image, LabelRecord]]:
     """The corrected (``label``) and AI (``ai_label``) labelmaps on the image grid, with their label records."""
     result = {}
     for role, source, where in (("label", label, "label"), ("ai_label", ai_label, "AI label")):
         if source is None:
             continue
-        labelmap, record = read_label(source, labels, where, overlap)
+        labelmap, record = read_label(source, labels, where, overlap, priority)
         labelmap, record.resampled = label_on_image_grid(labelmap, volume, where)
         result[role] = (labelmap, record)
     return result
@@ -375,7 +430,11 @@ def _result(
     result = {
         "case_id": case_id,
         "dataset": str(dataset),
-        "files": {role: str(dataset / rel) for role, rel in layout.case_files(case_id).items() if role != "ai_label" or has_ai},
+        "files": {
+            role: str(dataset / rel)
+            for role, rel in layout.case_files(case_id, prepared.meta.channels).items()
+            if role != "ai_label" or has_ai
+        },
         "extra_files": [str(path) for path in extras],
         "replaced": replaced,
         "empty_label": provenance.empty_label,
@@ -408,7 +467,7 @@ def _export_message(result: Mapping[str, Any]) -> str:
 
 
 def export_case(
-    image: str | os.PathLike | sitk.Image,
+    image: str | os.PathLike | sitk.Image | Sequence[str | os.PathLike | sitk.Image],
     label: LabelSource,
     dataset_dir: str | os.PathLike,
     *,
@@ -426,7 +485,9 @@ def export_case(
     """Add one corrected case to a training dataset (and optionally write other formats).
 
     Args:
-        image: volume file, DICOM series folder, or a ``SimpleITK.Image``.
+        image: volume file, DICOM series folder, or a ``SimpleITK.Image``; for a model with several input
+            channels a list of them in the model's channel order (written as ``ID_0000``, ``ID_0001``..., each
+            resampled onto the first one's grid in physical space).
         label: the corrected segmentation: ``.seg.nrrd`` (segments matched to the model's labels by name and
             terminology), a labelmap file, a ``SimpleITK.Image`` labelmap, or slicerio's segmentation dict.
         dataset_dir: the dataset folder (created when missing; an existing one must be a dataset or empty).
@@ -441,7 +502,8 @@ def export_case(
         output_dir: folder for ``formats`` (outside the dataset).
         dicom_series: the source DICOM series folder when ``image`` is not that folder (an image from Slicer).
         identity: extra identity strings (patient name, ID...) the case ID must not contain.
-        overlap: ``"refuse"`` overlapping segments of different labels, or ``"highest-label"`` wins.
+        overlap: ``"refuse"`` overlapping segments of different labels, or ``"highest-label"`` wins, or ``"model"``:
+            a region model's own label convention (the default for a sigmoid region model).
 
     Returns:
         A summary: ``case_id``, ``dataset``, ``files`` (absolute paths), ``extra_files``, ``replaced``,

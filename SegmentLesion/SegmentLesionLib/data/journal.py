@@ -53,6 +53,11 @@ class DatasetMeta:
     labels: dict[str, int]
     channel_names: dict[str, str]
 
+    @property
+    def channels(self) -> int:
+        """The number of image channels of each case (``ID_0000`` ... ``ID_000N``)."""
+        return max(len(self.channel_names), 1)
+
     def to_json(self) -> dict[str, Any]:
         """``{"labels", "channel_names"}``."""
         return {"labels": dict(self.labels), "channel_names": dict(self.channel_names)}
@@ -70,7 +75,7 @@ class CaseJournal:
     case_id: str
     moves: list[tuple[str, str]]  # (staged file name, path relative to the dataset)
     remove: list[str]
-    entry: dict[str, str]
+    entry: dict[str, Any]
     dataset: DatasetMeta
 
     def to_json(self) -> dict[str, Any]:
@@ -263,18 +268,18 @@ def recover(dataset_dir: str | os.PathLike, meta: DatasetMeta) -> list[str]:
     complete = layout.image_case_ids(dataset) & layout.label_case_ids(dataset)
     unlisted = sorted(complete - set(layout.listed_case_ids(layout.read_dataset_json(dataset))))
     if unlisted:
-        add_to_dataset_json(dataset, [layout.training_entry(case) for case in unlisted], meta)
+        add_to_dataset_json(dataset, [layout.training_entry(case, channels=meta.channels) for case in unlisted], meta)
         actions.append(f"listed case(s) {', '.join(unlisted)} in dataset.json (their files were present but not listed)")
     cleanup_state(dataset)
     return actions
 
 
-def _stage(staging: Path, images: Mapping[str, sitk.Image], provenance: Provenance) -> list[tuple[str, str]]:
+def _stage(staging: Path, images: Mapping[str, sitk.Image], provenance: Provenance, channels: int = 1) -> list[tuple[str, str]]:
     """Write the case's files durably into ``staging``, recording their checksums in the provenance."""
-    targets = layout.case_files(provenance.case_id)
+    targets = layout.case_files(provenance.case_id, channels)
     moves: list[tuple[str, str]] = []
     provenance.files = {}
-    for role in ("image", "ai_label", "label"):
+    for role in [layout.image_role(channel) for channel in range(channels)] + ["ai_label", "label"]:
         if role not in images:
             continue
         staged = staging / f"{role}{layout.FILE_ENDING}"
@@ -292,7 +297,8 @@ def commit_case(dataset_dir: str | os.PathLike, images: Mapping[str, sitk.Image]
 
     Args:
         dataset_dir: the dataset; the caller holds its lock and has run :func:`recover`.
-        images: ``image``, ``label`` and optionally ``ai_label``, on the image's grid.
+        images: ``image`` (``image_0001``... for further channels), ``label`` and optionally ``ai_label``, all on
+            the image's grid.
         provenance: the case's record (its ``files`` are filled in here).
         meta: the dataset's labels and channels (for a new dataset.json).
     """
@@ -302,11 +308,11 @@ def commit_case(dataset_dir: str | os.PathLike, images: Mapping[str, sitk.Image]
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    moves = _stage(staging, images, provenance)
+    moves = _stage(staging, images, provenance, meta.channels)
     _step("staged")
     stale_ai = layout.ai_label_path(case_id)
     remove = [stale_ai] if "ai_label" not in images and (dataset / stale_ai).exists() else []
-    journal = CaseJournal(case_id, moves, remove, layout.training_entry(case_id), meta)
+    journal = CaseJournal(case_id, moves, remove, layout.training_entry(case_id, channels=meta.channels), meta)
     write_json(journal.to_json(), layout.state_dir(dataset) / "journal" / f"{case_id}.json", durable=True)
     _step("journal")
     _apply_journal(dataset, journal)

@@ -2,7 +2,9 @@
 
 Labels: the segments of a Slicer segmentation map to the model's labels by name, then by terminology codes,
 never by segment order; a segment that matches no label is refused. Segments of different labels that overlap
-are refused unless an explicit rule (``overlap="highest-label"``: the higher label value wins) is asked for. A
+are refused unless an explicit rule is asked for: ``overlap="highest-label"`` (the higher label value wins) or
+``overlap="model"`` (a region model's own label convention, ``spec.overlap_priority``: the export of a region model's
+overlapping segments uses it). A
 label on another grid is resampled (nearest neighbour) onto the image grid when all its labelled voxels lie
 inside the image, and refused otherwise.
 """
@@ -28,10 +30,11 @@ from ..io.volume import (
     same_geometry,
     strip_metadata,
 )
+from ..io.writers import paint_order
 from ..models.spec import LabelInfo
 from .provenance import LabelRecord
 
-OVERLAP_RULES = ("refuse", "highest-label")
+OVERLAP_RULES = ("refuse", "highest-label", "model")
 
 LabelSource = Union[str, "os.PathLike[str]", sitk.Image, Mapping[str, Any]]
 """A label as the export takes it: a file (labelmap or ``.seg.nrrd``), a labelmap image, or slicerio's segmentation dict."""
@@ -117,7 +120,11 @@ def match_segment(segment: Mapping[str, Any], labels: Sequence[LabelInfo], where
 
 
 def segments_to_labelmap(
-    segmentation: Mapping[str, Any], labels: Sequence[LabelInfo], where: str = "segmentation", overlap: str = "refuse"
+    segmentation: Mapping[str, Any],
+    labels: Sequence[LabelInfo],
+    where: str = "segmentation",
+    overlap: str = "refuse",
+    priority: Sequence[int] | None = None,
 ) -> tuple[sitk.Image, dict[str, str]]:
     """Flatten a Slicer segmentation (slicerio's dict: voxels, ijkToLPS, segments) into model label values.
 
@@ -125,8 +132,10 @@ def segments_to_labelmap(
         segmentation: ``{"voxels": (i, j, k) or (layer, i, j, k) array, "ijkToLPS": 4x4, "segments": [...]}``.
         labels: the model's labels.
         where: name used in messages.
-        overlap: ``"refuse"`` (default), or ``"highest-label"``: where segments of different labels overlap, the
-            higher label value wins.
+        overlap: ``"refuse"`` (default), ``"highest-label"``: where segments of different labels overlap, the
+            higher label value wins, or ``"model"``: the label first in ``priority`` wins (without one, the smaller
+            region: nested regions keep their inner parts), as ``io.writers.paint_order``.
+        priority: a region model's ``overlap_priority``.
 
     Returns:
         The labelmap (uint8, on the segmentation's own grid) and the mapping segment name -> label name.
@@ -154,7 +163,10 @@ def segments_to_labelmap(
         owners.setdefault(label.value, []).append(name)
         mapping[name] = label.name
     flat = np.zeros(layers.shape[1:], dtype=np.uint8)
-    for value in sorted(masks):
+    order = sorted(masks)
+    if overlap == "model" and masks:
+        order = [order[index] for index in paint_order(order, list(priority) if priority else None, np.stack([masks[v] for v in order]))]
+    for value in order:
         clash = masks[value] & (flat > 0)
         if clash.any() and overlap == "refuse":
             others = [name for other in np.unique(flat[clash]) for name in owners[int(other)]]
@@ -179,7 +191,9 @@ def _check_values(array: np.ndarray, labels: Sequence[LabelInfo], where: str) ->
         )
 
 
-def read_label(source: LabelSource, labels: Sequence[LabelInfo], where: str, overlap: str) -> tuple[sitk.Image, LabelRecord]:
+def read_label(
+    source: LabelSource, labels: Sequence[LabelInfo], where: str, overlap: str, priority: Sequence[int] | None = None
+) -> tuple[sitk.Image, LabelRecord]:
     """A label source as a uint8 labelmap of model label values on its own grid, with its provenance record.
 
     Raises:
@@ -192,14 +206,14 @@ def read_label(source: LabelSource, labels: Sequence[LabelInfo], where: str, ove
         check_3d_scalar(image, where)
         fmt = "labelmap"
     elif isinstance(source, Mapping):
-        image, mapping = segments_to_labelmap(source, labels, where, overlap)
+        image, mapping = segments_to_labelmap(source, labels, where, overlap, priority)
         # Segment names are free text (they could hold anything): only their number is recorded.
         segments, fmt = len(mapping), "segmentation"
     else:
         path = Path(source)
         where = str(path)
         if file_extension(path) == ".seg.nrrd":
-            image, mapping = segments_to_labelmap(_read_seg_nrrd(path), labels, where, overlap)
+            image, mapping = segments_to_labelmap(_read_seg_nrrd(path), labels, where, overlap, priority)
             segments = len(mapping)
         else:
             image = read_labelmap(path)

@@ -5,7 +5,8 @@ paths and its ``dataset.json`` from here::
 
     DATASET/dataset.json                 channel_names, labels, numTraining, file_ending (nnU-Net v2) and
                                          "training": [{"image": "./imagesTr/ID_0000.nii.gz", "label": "./labelsTr/ID.nii.gz"}]
-    DATASET/imagesTr/ID_0000.nii.gz      one file per input channel: ID_0000, ID_0001, ...
+    DATASET/imagesTr/ID_0000.nii.gz      one file per input channel: ID_0000, ID_0001, ... (all on one grid); a
+                                         case of several channels lists them all: "image": ["./imagesTr/ID_0000...", ...]
     DATASET/labelsTr/ID.nii.gz           the (corrected) label, on the image's grid
     DATASET/labelsAI/ID.nii.gz           the model's label before correction (export only)
     DATASET/provenance/ID.json           the provenance record (export only)
@@ -67,14 +68,16 @@ def provenance_path(case_id: str) -> str:
     return f"{PROVENANCE_DIR}/{case_id}.json"
 
 
-def case_files(case_id: str) -> dict[str, str]:
-    """Every file of an exported case by role (``image``, ``label``, ``ai_label``, ``provenance``), relative paths."""
-    return {
-        "image": image_path(case_id),
-        "label": label_path(case_id),
-        "ai_label": ai_label_path(case_id),
-        "provenance": provenance_path(case_id),
-    }
+def image_role(channel: int) -> str:
+    """The role of a channel's image among a case's files: ``image`` (channel 0), ``image_0001``, ..."""
+    return "image" if channel == 0 else f"image{channel_suffix(channel)}"
+
+
+def case_files(case_id: str, channels: int = 1) -> dict[str, str]:
+    """Every file of an exported case by role (``image``, ``image_0001``..., ``label``, ``ai_label``, ``provenance``),
+    relative paths."""
+    images = {image_role(channel): image_path(case_id, channel) for channel in range(max(channels, 1))}
+    return {**images, "label": label_path(case_id), "ai_label": ai_label_path(case_id), "provenance": provenance_path(case_id)}
 
 
 def state_dir(dataset_dir: str | os.PathLike) -> Path:
@@ -82,9 +85,14 @@ def state_dir(dataset_dir: str | os.PathLike) -> Path:
     return Path(dataset_dir) / STATE_DIR
 
 
-def training_entry(case_id: str, file_ending: str = FILE_ENDING) -> dict[str, str]:
-    """A case's entry of the ``training`` list: ``{"image": "./imagesTr/ID_0000...", "label": "./labelsTr/ID..."}``."""
-    return {"image": f"./{image_path(case_id, 0, file_ending)}", "label": f"./{label_path(case_id, file_ending)}"}
+def training_entry(case_id: str, file_ending: str = FILE_ENDING, channels: int = 1) -> dict[str, Any]:
+    """A case's entry of the ``training`` list: ``{"image": "./imagesTr/ID_0000...", "label": "./labelsTr/ID..."}``.
+
+    A case of several channels lists its images in channel order (``"image": ["./imagesTr/ID_0000...",
+    "./imagesTr/ID_0001...", ...]``), as MONAI's ``load_decathlon_datalist`` reads them.
+    """
+    images = [f"./{image_path(case_id, channel, file_ending)}" for channel in range(max(channels, 1))]
+    return {"image": images[0] if len(images) == 1 else images, "label": f"./{label_path(case_id, file_ending)}"}
 
 
 def entry_case_id(entry: Mapping[str, Any], file_ending: str = FILE_ENDING) -> str | None:

@@ -2,7 +2,10 @@
 
 ``Segmenter.segment`` runs: model grid (orientation, spacing) -> intensity normalisation -> MONAI
 sliding-window inference with Gaussian blending (CUDA + float16 autocast when available, CPU otherwise, in
-bfloat16 where the CPU has it natively: ``precision``; optional flip test-time augmentation) -> foreground probability back on the input's own grid -> post-processing.
+bfloat16 where the CPU has it natively: ``precision``; optional flip test-time augmentation) -> foreground probability
+back on the input's own grid -> post-processing. A model with several input channels takes one volume per channel
+(``engine.inputs`` brings them onto the first one's grid), each normalised on its own; a model with several labels
+gives lesions per label, a sigmoid region model overlapping regions (``engine.multilabel``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,7 +27,7 @@ from ..io.volume import ijk_to_ras_matrix, read_header, read_volume, replace_unu
 from ..io.writers import Lesion, LesionReport
 from ..models.network import load_model
 from ..models.spec import default_model_dir  # noqa: F401  (re-exported: callers import it from here too)
-from . import brain_mask, postprocess, preprocess, resources
+from . import brain_mask, multilabel, postprocess, preprocess, resources
 from .bundle_pipeline import BundlePipeline
 from .precision import Precision, choose_precision
 
@@ -97,7 +100,8 @@ class SegmentationResult:
         self._box_components = box_components
         self._make_probability = probability
         self._probability: sitk.Image | None = None
-        self.regions: np.ndarray | None = None  # bool (C, k, j, i): a Model Zoo region model's channels (may overlap)
+        # bool (C, k, j, i): a region model's regions (may overlap), one per label in the model's label order, else None
+        self.regions: np.ndarray | None = None
 
     @property
     def probability(self) -> sitk.Image:
@@ -108,7 +112,8 @@ class SegmentationResult:
 
     @property
     def components(self) -> np.ndarray:
-        """Lesion id per voxel (k, j, i), uint16: 1..N by decreasing volume, 0 elsewhere (a new array each call)."""
+        """Lesion id per voxel (k, j, i), uint16: 1..N by decreasing volume (label by label for several labels; a
+        region model's voxel has the id of its winning region's lesion), 0 elsewhere (a new array each call)."""
         full = np.zeros(tuple(reversed(self.labelmap.GetSize())), dtype=np.uint16)
         if self.box is not None:
             full[self.box] = self._box_components
@@ -118,6 +123,15 @@ class SegmentationResult:
     def lesions(self) -> list[Lesion]:
         """The lesions of the report, largest first."""
         return self.report.lesions
+
+
+@dataclass
+class Inferred:
+    """What the network says on the model grid, (i, j, k) arrays."""
+
+    foreground: np.ndarray  # float32 foreground probability
+    classes: np.ndarray | None = None  # uint8 most probable label (softmax models with several labels)
+    regions: np.ndarray | None = None  # float32 (C, i, j, k) probability per region (sigmoid models with several labels)
 
 
 class _Stages:
@@ -229,6 +243,44 @@ class Segmenter:
         result.timings = {"read_s": read_s, **result.timings}
         return result
 
+    def segment_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        options: SegmentOptions | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> SegmentationResult:
+        """Segment one case of several volume files, in the model's channel order (``inputs.match_channels``).
+
+        The first file's grid is the reference: the resource guard runs on its header, the other volumes are
+        resampled onto it (``inputs.align_to_first``) and every output is on it.
+
+        Raises:
+            InputError: a wrong number of files, the same file twice, volumes that do not overlap, or an
+                unusable volume.
+        """
+        from . import inputs
+
+        if len(paths) == 1:
+            return self.segment_file(paths[0], options, progress, cancel)
+        options = options or SegmentOptions()
+        start = time.perf_counter()
+        self._check_channel_count(len(paths), str(paths[0]))
+        header = read_header(paths[0])
+        if header is not None:
+            self.check_resources(preprocess.Grid(header.size, header.spacing, header.origin, header.direction), options, str(paths[0]))
+        images = inputs.read_channels(paths, self.spec.input_channels())
+        read_s = time.perf_counter() - start
+        result = self.segment(images, options, progress, cancel, name=str(paths[0]))
+        result.timings = {"read_s": read_s, **result.timings}
+        return result
+
+    def _check_channel_count(self, given: int, name: str) -> None:
+        expected = max(self.spec.in_channels, 1)
+        if given != expected:
+            channels = ", ".join(self.spec.input_channels())
+            raise InputError(f"{name}: the model {self.spec.name} takes {expected} input volume(s) ({channels}); {given} given")
+
     def check_resources(self, source: preprocess.Grid, options: SegmentOptions | None = None, name: str = "volume") -> None:
         """Refuse a volume whose model grid is beyond the voxel limit or this machine's memory (before allocating).
 
@@ -240,12 +292,14 @@ class Segmenter:
         options = options or SegmentOptions()
         spec = self.spec
         value_bytes = 2 if self.device.type == "cuda" else 4  # CUDA runs under float16 autocast
-        estimate = resources.estimate_model_grid(source, spec.orientation, spec.spacing, spec.out_channels, value_bytes, options.tta)
+        estimate = resources.estimate_model_grid(
+            source, spec.orientation, spec.spacing, spec.out_channels, value_bytes, options.tta, max(spec.in_channels, 1)
+        )
         resources.check_resources(source, estimate, options.max_voxels or spec.max_voxels, name)
 
     def segment(
         self,
-        image: sitk.Image | list[sitk.Image],
+        image: sitk.Image | Sequence[sitk.Image],
         options: SegmentOptions | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
@@ -253,47 +307,60 @@ class Segmenter:
     ) -> SegmentationResult:
         """Segment a 3D volume; every output is on ``image``'s grid.
 
-        A model with several input channels takes a list of volumes, in the model's channel order, all on the
-        first one's grid (Model Zoo bundles so far).
+        A model with several input channels takes a list of volumes in its channel order, all on the first one's
+        grid (``inputs.align_to_first`` puts them there); each channel is normalised on its own, then they are
+        stacked as the network's input channels.
 
         Raises:
-            InputError: no usable voxel, or a model grid beyond the limit (see ``check_resources``).
+            InputError: no usable voxel, a model grid beyond the limit (see ``check_resources``), or a wrong
+                number of channels or channels on different grids.
             Cancelled: ``cancel()`` returned True between two window batches.
         """
         options = options or SegmentOptions()
+        images = [image] if isinstance(image, sitk.Image) else list(image)
+        del image  # ``images`` holds the only reference here: each channel goes once it is on the model grid
         if self.bundle is not None:
-            return self._segment_bundle(image if isinstance(image, list) else [image], options, progress, cancel, name)
+            return self._segment_bundle(images, options, progress, cancel, name)
         spec = self.spec
+        self._check_channel_count(len(images), name)
+        names = spec.input_channels()
+        for index, other in enumerate(images[1:], start=1):
+            if not same_geometry(images[0], other):
+                raise InputError(f"{name}: channel {names[index]} is not on {names[0]}'s grid (inputs.align_to_first resamples it)")
         precision = self.precision if options.precision in (None, self.requested_precision) else self.choose_precision(options.precision)
         stages = _Stages()
-        reference = preprocess.Grid.of(image)
+        reference = preprocess.Grid.of(images[0])
         self.check_resources(reference, options, name)
-        image = replace_unusable_values(image, name)
+        images = [replace_unusable_values(channel, name) for channel in images]
         stages.lap("resample_s")
-        restrict = self._brain_mask(image, options)
+        restrict = self._brain_mask(images[0], options)
         stages.lap("brain_mask_s")
-        grid, exact = preprocess.model_grid(image, spec.orientation, spec.spacing)
-        model_image = preprocess.to_model_grid(image, grid, exact)
-        # Only the grids are needed from here on: let the full-resolution input go before inference (the caller of
-        # segment_file holds no other reference), which keeps a 512x512x300 CT under 1.5 GB.
-        del image
-        stages.lap("resample_s")
-        data = preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity)
-        del model_image
-        stages.lap("normalise_s")
+        grid, exact = preprocess.model_grid(images[0], spec.orientation, spec.spacing)
+        channels = []
+        while images:
+            model_image = preprocess.to_model_grid(images.pop(0), grid, exact)
+            # Only the grids are needed from here on: each full-resolution channel goes before inference (the caller
+            # of segment_file holds no other reference), which keeps a 512x512x300 CT under 1.5 GB.
+            stages.lap("resample_s")
+            channels.append(preprocess.normalize_intensity(preprocess.array_xyz(model_image), spec.intensity))
+            del model_image
+            stages.lap("normalise_s")
+        data = channels[0] if len(channels) == 1 else np.stack(channels)
+        del channels
 
-        fg_xyz, classes_xyz, precision, network_s = self._infer(data, options.tta, precision, progress, cancel)
+        inferred, precision, network_s = self._infer(data, options.tta, precision, progress, cancel)
         del data
-        model_probability = preprocess.image_from_xyz(fg_xyz, grid)
-        model_classes = None if classes_xyz is None else preprocess.image_from_xyz(classes_xyz, grid)
-        del fg_xyz, classes_xyz
+        model_probability = preprocess.image_from_xyz(inferred.foreground, grid)
+        model_classes = None if inferred.classes is None else preprocess.image_from_xyz(inferred.classes, grid)
+        model_regions = None if inferred.regions is None else [preprocess.image_from_xyz(channel, grid) for channel in inferred.regions]
+        del inferred
         stages.lap("blend_s")
         stages.seconds["blend_s"] -= network_s
         stages.seconds["network_s"] = network_s
 
         if progress is not None:
             progress(1, 1, "post-processing")
-        result = self._postprocess(model_probability, model_classes, reference, exact, options, precision, stages, restrict)
+        result = self._postprocess(model_probability, model_classes, model_regions, reference, exact, options, precision, stages, restrict)
         timings = stages.seconds
         if restrict is None:
             del timings["brain_mask_s"]
@@ -307,6 +374,7 @@ class Segmenter:
         self,
         model_probability: sitk.Image,
         model_classes: sitk.Image | None,
+        model_regions: list[sitk.Image] | None,
         reference: preprocess.Grid,
         exact: bool,
         options: SegmentOptions,
@@ -315,7 +383,14 @@ class Segmenter:
         restrict: sitk.Image | None = None,
     ) -> SegmentationResult:
         """Probabilities back on the input's grid (in the box where they can reach the threshold; 0 outside
-        ``restrict`` when given), then lesions and their report."""
+        ``restrict`` when given), then lesions and their report.
+
+        One label: lesions are the connected components of the thresholded foreground. Several labels of a softmax
+        model: the foreground is thresholded as one, each voxel takes its most probable label, and lesions are the
+        components of each label (``multilabel.components_by_label``). A sigmoid region model (``model_regions``):
+        each region is thresholded on its own (regions may overlap), the labelmap follows the model's label
+        convention (``spec.overlap_priority``), and lesions are the components of each region.
+        """
         spec = self.spec
         threshold = spec.threshold if options.threshold is None else options.threshold
         min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
@@ -329,41 +404,57 @@ class Segmenter:
         box = None if box_ijk is None else tuple(reversed(box_ijk))
         lesions: list[Lesion] = []
         box_components = np.zeros((0, 0, 0), dtype=np.uint16)
+        regions = None if model_regions is None else np.zeros((len(spec.labels), *labelmap_array.shape), dtype=bool)
+        union_ml = None if model_regions is None else 0.0
         if box_ijk is not None:
             region = reference.sub_grid(box_ijk)
             probability = self._to_reference(model_probability, region, exact, sitk.sitkLinear)
             classes = None
             if model_classes is not None:
-                class_image = self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor)  # the view needs it alive
-                classes = sitk.GetArrayViewFromImage(class_image)
+                # A copy (box-sized): a view would outlive the temporary image it looks into.
+                classes = sitk.GetArrayFromImage(self._to_reference(model_classes, region, exact, sitk.sitkNearestNeighbor))
             prob_array = sitk.GetArrayViewFromImage(probability)
             if restrict is not None:
                 prob_array = np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, prob_array, np.float32(0))
             stages.lap("to_input_grid_s")
-            found = postprocess.find_lesions(
-                prob_array,
-                reference.spacing,
-                threshold=threshold,
-                min_lesion_mm3=min_mm3,
-                fill_holes=fill,
-                classes=classes,
-                label_value=spec.labels[0].value,
-            )
-            lesions = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(probability), prob_array, found.labelmap)
-            labelmap_array[box] = found.labelmap
-            box_components = found.components
+            values = [label.value for label in spec.labels]
+            settings = dict(threshold=threshold, min_lesion_mm3=min_mm3, fill_holes=fill)
+            if model_regions is not None:
+                arrays = []
+                for model_region in model_regions:
+                    array = sitk.GetArrayFromImage(self._to_reference(model_region, region, exact, sitk.sitkLinear))
+                    arrays.append(
+                        array if restrict is None else np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, array, np.float32(0))
+                    )
+                found_regions = multilabel.find_region_lesions(arrays, reference.spacing, values, spec.overlap_priority, **settings)
+                lesions = multilabel.measure_region_lesions(found_regions, ijk_to_ras_matrix(probability), arrays)
+                labelmap_array[box] = found_regions.labelmap
+                box_components = found_regions.components
+                regions[(slice(None), *box)] = found_regions.masks
+                union_ml = multilabel.union_volume_ml(found_regions.masks, reference.spacing)
+            else:
+                found = postprocess.find_lesions(prob_array, reference.spacing, classes=classes, label_value=values[0], **settings)
+                components, count = found.components, found.count
+                if len(values) > 1:
+                    components, count = multilabel.components_by_label(found.labelmap, values)
+                lesions = postprocess.measure_lesions(components, count, ijk_to_ras_matrix(probability), prob_array, found.labelmap)
+                labelmap_array[box] = found.labelmap
+                box_components = components
         else:
             stages.lap("to_input_grid_s")
         labelmap = reference.apply_to(sitk.GetImageFromArray(labelmap_array))
         del labelmap_array
         report = self._report(lesions, reference, options, precision, threshold, min_mm3, fill)
+        report.union_volume_ml = union_ml
         stages.lap("lesions_s")
 
         def full_probability() -> sitk.Image:
             full = self._to_reference(model_probability, reference, exact, sitk.sitkLinear)
             return full if restrict is None else sitk.Mask(full, restrict)
 
-        return SegmentationResult(labelmap, report, box, box_components, full_probability)
+        result = SegmentationResult(labelmap, report, box, box_components, full_probability)
+        result.regions = regions
+        return result
 
     def _report(
         self,
@@ -420,10 +511,13 @@ class Segmenter:
             label_value=spec.labels[0].value,
         )
         labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
-        lesions = postprocess.measure_lesions(found.components, found.count, ijk_to_ras_matrix(labelmap), prob_array, found.labelmap)
+        components, count = found.components, found.count
+        if len(spec.labels) > 1:  # lesions label by label, as for the engine's own multi-label models
+            components, count = multilabel.components_by_label(found.labelmap, [label.value for label in spec.labels])
+        lesions = postprocess.measure_lesions(components, count, ijk_to_ras_matrix(labelmap), prob_array, found.labelmap)
         report = self._report(lesions, reference, options, precision or self.precision, threshold, min_mm3, fill)
         box = tuple(slice(0, int(n)) for n in reversed(reference.size))
-        return SegmentationResult(labelmap, report, box, found.components, lambda: probability)
+        return SegmentationResult(labelmap, report, box, components, lambda: probability)
 
     def _segment_bundle(
         self, images: list[sitk.Image], options: SegmentOptions, progress: ProgressCallback | None, cancel: CancelCheck | None, name: str
@@ -488,12 +582,15 @@ class Segmenter:
 
     def _infer(
         self, data: np.ndarray, tta: bool, precision: Precision, progress: ProgressCallback | None, cancel: CancelCheck | None
-    ) -> tuple[np.ndarray, np.ndarray | None, Precision, float]:
-        """Foreground probability (and class map for multi-class models) on the model grid, (i, j, k) arrays,
-        the precision they were computed in and the seconds spent in the network."""
+    ) -> tuple[Inferred, Precision, float]:
+        """Foreground probability (and the class map or region probabilities of multi-label models) on the model
+        grid, the precision they were computed in and the seconds spent in the network.
+
+        ``data`` is (i, j, k) for one input channel, (C, i, j, k) for several.
+        """
         try:
-            foreground, classes, seconds = self._infer_on(self.device, data, tta, precision, progress, cancel)
-            return foreground, classes, precision, seconds
+            inferred, seconds = self._infer_on(self.device, data, tta, precision, progress, cancel)
+            return inferred, precision, seconds
         except torch.OutOfMemoryError:
             if self.device.type != "cuda":
                 raise
@@ -503,8 +600,8 @@ class Segmenter:
             precision = self.choose_precision(None if precision.name == "fp16" else precision.name, cpu)
             self.network.to(cpu)
             try:
-                foreground, classes, seconds = self._infer_on(cpu, data, tta, precision, progress, cancel)
-                return foreground, classes, precision, seconds
+                inferred, seconds = self._infer_on(cpu, data, tta, precision, progress, cancel)
+                return inferred, precision, seconds
             finally:
                 self.network.to(self.device)
 
@@ -516,11 +613,11 @@ class Segmenter:
         precision: Precision,
         progress: ProgressCallback | None,
         cancel: CancelCheck | None,
-    ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    ) -> tuple[Inferred, float]:
         from monai.inferers import SliceInferer, SlidingWindowInferer
 
         spec = self.spec
-        spatial = tuple(int(v) for v in data.shape)
+        spatial = tuple(int(v) for v in data.shape[-3:])
         flips: list[tuple[int, ...]] = [()]
         if tta:
             flips += [(axis,) for axis in range(2, 2 + 3)] if spec.spatial_dims == 3 else [(2,), (3,)]
@@ -538,7 +635,8 @@ class Segmenter:
         wrapped = _ProgressNetwork(self.network, per_pass * len(flips), progress, cancel)
         if progress is not None:
             progress(0, wrapped.total, "inference")
-        batch = torch.from_numpy(np.ascontiguousarray(data))[None, None].to(device)
+        batch = torch.from_numpy(np.ascontiguousarray(data))
+        batch = (batch[None, None] if batch.ndim == 3 else batch[None]).to(device)
         probabilities = None
         with torch.inference_mode(), precision.autocast(device.type):
             for dims in flips:
@@ -555,8 +653,10 @@ class Segmenter:
         else:
             class_scores = probabilities
             foreground = class_scores.max(dim=0).values
-        classes = None
-        if class_scores.shape[0] > 1:
+        inferred = Inferred(foreground.float().cpu().numpy())
+        if class_scores.shape[0] > 1 and spec.activation == "sigmoid":
+            inferred.regions = class_scores.float().cpu().numpy()
+        elif class_scores.shape[0] > 1:
             values = torch.tensor([label.value for label in spec.labels], dtype=torch.uint8, device=class_scores.device)
-            classes = values[class_scores.argmax(dim=0)].cpu().numpy()
-        return foreground.float().cpu().numpy(), classes, wrapped.seconds
+            inferred.classes = values[class_scores.argmax(dim=0)].cpu().numpy()
+        return inferred, wrapped.seconds

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..io.volume import read_volume, same_geometry
+from ..models.spec import channel_names_or_default
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -48,13 +49,6 @@ def parse_channel_argument(text: str) -> ChannelArgument:
     return ChannelArgument(name.strip(), Path(path))
 
 
-def model_channels(channel_names: Sequence[str], in_channels: int) -> list[str]:
-    """The model's channel names; a model without names has ``image`` (one channel) or ``channel 1``... ."""
-    if channel_names:
-        return list(channel_names)
-    return ["image"] if in_channels <= 1 else [f"channel {index + 1}" for index in range(in_channels)]
-
-
 def match_channels(
     given: Sequence[tuple[str | None, T]], channel_names: Sequence[str], in_channels: int, model: str = "the model"
 ) -> list[T]:
@@ -71,7 +65,7 @@ def match_channels(
         InputError: an unknown name, a channel given twice, a missing channel, inputs without names for a
             multi-channel model, or more inputs than the model takes.
     """
-    names = model_channels(channel_names, in_channels)
+    names = channel_names_or_default(list(channel_names), in_channels)
     listed = ", ".join(names)
     if in_channels <= 1 and len(given) == 1 and given[0][0] is None:
         return [given[0][1]]

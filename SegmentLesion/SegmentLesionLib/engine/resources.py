@@ -35,17 +35,24 @@ class GridEstimate:
 
 
 def estimate_model_grid(
-    source: preprocess.Grid, orientation: str | None, spacing: list[float] | None, out_channels: int, value_bytes: int, tta: bool
+    source: preprocess.Grid,
+    orientation: str | None,
+    spacing: list[float] | None,
+    out_channels: int,
+    value_bytes: int,
+    tta: bool,
+    in_channels: int = 1,
 ) -> GridEstimate:
     """The model grid of ``source`` and the memory the engine holds on it at once.
 
-    Per voxel: the normalised input (float64 while normalising, then float32), MONAI's sliding-window output and
-    count map at the working precision (``value_bytes``), the class probabilities in float32 (and their
-    test-time-augmentation sum).
+    Per voxel: the normalised input (float64 while normalising, then float32; several input channels are held
+    normalised and stacked, float32 twice each), MONAI's sliding-window output and count map at the working
+    precision (``value_bytes``), the class probabilities in float32 (and their test-time-augmentation sum).
     """
     grid, _ = preprocess.model_grid(source, orientation, spacing)
     voxels = int(np.prod([int(v) for v in grid.size], dtype=np.float64))
-    per_voxel = 8 + 4 + (out_channels + 1) * value_bytes + out_channels * 4 * (2 if tta else 1)
+    inputs = 8 + 4 + (8 * in_channels if in_channels > 1 else 0)
+    per_voxel = inputs + (out_channels + 1) * value_bytes + out_channels * 4 * (2 if tta else 1)
     return GridEstimate(tuple(grid.size), tuple(grid.spacing), voxels, voxels * per_voxel)
 
 

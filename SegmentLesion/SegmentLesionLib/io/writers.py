@@ -17,6 +17,7 @@ from .files import atomic_path, file_extension, file_stem, write_json
 from .volume import LABELMAP_OUTPUT_EXTENSIONS, ijk_to_lps_matrix, write_image
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+LABEL_VALUE_TAG = "SegmentLesion.LabelValue"  # a segment's model label value (its own label value is per layer)
 
 
 @dataclass
@@ -69,21 +70,50 @@ class LesionReport:
     input_size: list[int]
     input_spacing: list[float]
     settings: dict[str, Any] = field(default_factory=dict)  # threshold, min_lesion_mm3, fill_holes, tta, device
+    union_volume_ml: float | None = None  # region models: the volume any region covers (their lesions overlap)
 
     @property
     def total_volume_ml(self) -> float:
-        """The volume of all lesions together."""
+        """The volume of all lesions together (overlapping regions counted once)."""
+        if self.union_volume_ml is not None:
+            return self.union_volume_ml
         return round(sum(lesion.volume_ml for lesion in self.lesions), 6)
+
+    def by_label(self) -> list[dict[str, Any]]:
+        """The lesions grouped by label, in the model's label order: value, name, lesion ids, volume (mL)."""
+        names = {int(value): str(name) for value, name in dict(self.model.get("labels") or {}).items()}
+        values = list(names) + sorted({lesion.label for lesion in self.lesions if lesion.label is not None} - set(names))
+        if not values:
+            return []
+        groups = []
+        for value in values:
+            members = [lesion for lesion in self.lesions if (lesion.label if lesion.label is not None else values[0]) == value]
+            groups.append(
+                {
+                    "value": value,
+                    "name": names.get(value, f"label {value}"),
+                    "lesions": [lesion.id for lesion in members],
+                    "volume_ml": round(sum(lesion.volume_ml for lesion in members), 6),
+                }
+            )
+        return groups
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``*.lesions.json``."""
-        return {
-            "lesions": [lesion.to_json() for lesion in self.lesions],
-            "total_volume_ml": self.total_volume_ml,
-            "model": dict(self.model),
-            "input": {"size": list(self.input_size), "spacing": list(self.input_spacing)},
-            "settings": dict(self.settings),
-        }
+        data: dict[str, Any] = {"lesions": [lesion.to_json() for lesion in self.lesions], "total_volume_ml": self.total_volume_ml}
+        groups = self.by_label()
+        if len(groups) > 1:  # a multi-label model: the lesions by label
+            data["labels"] = groups
+        data.update(
+            {
+                "model": dict(self.model),
+                "input": {"size": list(self.input_size), "spacing": list(self.input_spacing)},
+                "settings": dict(self.settings),
+            }
+        )
+        if self.union_volume_ml is not None:
+            data["regions_overlap"] = True  # lesions of different labels may share voxels: the total counts them once
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LesionReport:
@@ -95,6 +125,7 @@ class LesionReport:
             input_size=[int(v) for v in source.get("size", [])],
             input_spacing=[float(v) for v in source.get("spacing", [])],
             settings=dict(data.get("settings", {})),
+            union_volume_ml=float(data["total_volume_ml"]) if data.get("regions_overlap") else None,
         )
 
     def write(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
@@ -116,12 +147,61 @@ def report_path(output: str | os.PathLike) -> Path:
     return output.with_name(f"{file_stem(output)}.lesions.json")
 
 
-def write_labelmap(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterable[LabelInfo], overwrite: bool = True) -> Path:
-    """Write a labelmap as ``.seg.nrrd`` (segments named, coloured, with terminology) or as a plain labelmap."""
+def paint_order(values: list[int], priority: list[int] | None, masks: np.ndarray | None = None) -> list[int]:
+    """The order in which overlapping regions are painted into one labelmap (indices into ``values``; last wins).
+
+    ``priority`` lists label values, the first winning (a model's label convention, e.g. BraTS [4, 1, 2]); without
+    one, larger regions are painted first, so the smaller (inner) region of nested ones wins.
+    """
+    if priority:
+        rank = {int(value): position for position, value in enumerate(priority)}
+        return sorted(range(len(values)), key=lambda index: -rank.get(values[index], len(rank)))
+    if masks is None:
+        return list(range(len(values)))
+    sizes = [int(np.count_nonzero(mask)) for mask in masks]
+    return sorted(range(len(values)), key=lambda index: (-sizes[index], index))
+
+
+def write_labelmap(
+    labelmap: sitk.Image,
+    path: str | os.PathLike,
+    labels: Iterable[LabelInfo],
+    overwrite: bool = True,
+    regions: np.ndarray | None = None,
+    priority: list[int] | None = None,
+) -> Path:
+    """Write a labelmap as ``.seg.nrrd`` (segments named, coloured, with terminology) or as a plain labelmap.
+
+    ``regions`` (bool (C, k, j, i), one per label) are a region model's overlapping regions: a ``.seg.nrrd`` gets
+    one segment per region (in as many layers as their overlaps need); a plain labelmap is ``labelmap``, the
+    model's label convention (``priority``, see ``paint_order``).
+    """
     path = check_output_path(path)
     if file_extension(path) == ".seg.nrrd":
+        if regions is not None:
+            return write_region_seg_nrrd(labelmap, regions, path, list(labels), priority, overwrite)
         return write_seg_nrrd(labelmap, path, labels, overwrite)
     return write_image(sitk.Cast(labelmap, sitk.sitkUInt8), path, overwrite=overwrite)
+
+
+def _segment_fields(label: LabelInfo) -> dict[str, Any]:
+    return {
+        "id": f"Segment_{label.value}",
+        "name": label.name,
+        "color": [float(c) for c in label.color],
+        "terminology": {"contextName": TERMINOLOGY_CONTEXT, **{k: list(v) for k, v in label.terminology.items()}},
+        "status": "inprogress",
+        "tags": {LABEL_VALUE_TAG: str(int(label.value))},
+    }
+
+
+def _segmentation_header(labelmap: sitk.Image) -> dict[str, Any]:
+    return {
+        "ijkToLPS": ijk_to_lps_matrix(labelmap),
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+    }
 
 
 def _extent(mask: np.ndarray) -> list[int]:
@@ -145,28 +225,42 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | os.PathLike, labels: Iterab
     segments = []
     for label in labels:
         mask = voxels == label.value
-        segment: dict[str, Any] = {
-            "id": f"Segment_{label.value}",
-            "name": label.name,
-            "color": [float(c) for c in label.color],
-            "labelValue": int(label.value),
-            "layer": 0,
-            "terminology": {"contextName": TERMINOLOGY_CONTEXT, **{k: list(v) for k, v in label.terminology.items()}},
-            "status": "inprogress",
-        }
+        segment: dict[str, Any] = {**_segment_fields(label), "labelValue": int(label.value), "layer": 0}
         segment["extent"] = _extent(mask)
         segments.append(segment)
-    segmentation = {
-        "voxels": voxels,
-        "ijkToLPS": ijk_to_lps_matrix(labelmap),
-        "segments": segments,
-        "containedRepresentationNames": ["Binary labelmap"],
-        "masterRepresentation": "Binary labelmap",
-        "referenceImageExtentOffset": [0, 0, 0],
-    }
+    segmentation = {"voxels": voxels, "segments": segments, **_segmentation_header(labelmap)}
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         # zlib's default level: level 9 (slicerio's default) takes 70 % longer for files 3 % smaller.
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
+        _blank_nrrd_timestamp(tmp)
+    return path
+
+
+def write_region_seg_nrrd(
+    labelmap: sitk.Image,
+    regions: np.ndarray,
+    path: str | os.PathLike,
+    labels: list[LabelInfo],
+    priority: list[int] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write overlapping regions as a Slicer segmentation: one segment per region, layers where they overlap.
+
+    Segments are listed in paint order (``paint_order``): flattening them in file order, later over earlier, as
+    Slicer and ``slicerio`` do, gives the model's own labelmap. Each segment's model label value is in its
+    ``SegmentLesion.LabelValue`` tag (its ``labelValue`` is the value within its layer).
+    """
+    import slicerio
+
+    if regions.shape[0] != len(labels):
+        raise ValueError(f"{regions.shape[0]} regions for {len(labels)} labels")
+    size = labelmap.GetSize()
+    segmentation = {**slicerio.create_segmentation(size, ijk_to_lps_matrix(labelmap)), **_segmentation_header(labelmap)}
+    for index in paint_order([label.value for label in labels], priority, regions):
+        slicerio.add_segment(segmentation, np.transpose(regions[index], (2, 1, 0)), _segment_fields(labels[index]))
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)
         _blank_nrrd_timestamp(tmp)
     return path

@@ -74,7 +74,8 @@ def dataset_fingerprint(dataset: Dataset, cases: Sequence[DatasetCase] | None = 
     meta = dataset.root / DATASET_FILE
     digest.update(b"dataset.json:" + (meta.read_bytes() if meta.is_file() else b"none") + b"\n")
     for case in dataset.cases if cases is None else cases:
-        for role, path in (("image", case.image), ("label", case.label)):
+        files = [("image" if channel == 0 else f"image{channel}", path) for channel, path in enumerate(case.images)]
+        for role, path in files + [("label", case.label)]:
             content = sha256_file(path) if path.is_file() else "missing"
             digest.update(f"{case.case_id}:{role}:{path.name}:{content}\n".encode())
     return digest.hexdigest()
@@ -184,8 +185,10 @@ def _score_case(
 ) -> CaseMetrics:
     """One case: segment its image, compare with its label on the image's grid, write the prediction if asked."""
     start = time.perf_counter()
-    image, label = read_case(case)
-    result = segmenter.segment(image, cancel=cancel)
+    images, label = read_case(case)
+    image = images[0]
+    result = segmenter.segment(images if len(images) > 1 else image, cancel=cancel)
+    del images
     prediction = sitk.GetArrayViewFromImage(result.labelmap) > 0
     truth = sitk.GetArrayViewFromImage(label) > 0
     # Arrays from SimpleITK are (k, j, i): the spacing goes in the same, reversed, order.

@@ -122,13 +122,16 @@ def scratch_spec(dataset: Dataset, settings: TrainSettings, patch: list[int]) ->
     orientation = "RAS"
     spacing = list(settings.spacing) if settings.spacing else median_spacing(dataset.cases, orientation)
     channels = list(settings.channels or [16, 32, 64, 128])
-    network_def = scratch_network_def(settings.network, channels, len(labels) + 1, 1, settings.res_units)
+    input_names = [str(dataset.channel_names[key]) for key in sorted(dataset.channel_names, key=int)]
+    network_def = scratch_network_def(settings.network, channels, len(labels) + 1, len(input_names), settings.res_units)
     return ModelSpec(
         name=settings.name or "SegmentLesionModel",
         version=settings.version or "1.0.0",
         network_def=network_def,
         labels=labels,
+        in_channels=len(input_names),
         out_channels=len(labels) + 1,
+        channel_names=input_names if len(input_names) > 1 else [],
         orientation=orientation,
         spacing=spacing,
         # Statistics of the head only, no clipping in its upper tail: a small bright lesion keeps its contrast.
@@ -225,9 +228,26 @@ def new_model(settings: TrainSettings, dataset: Dataset) -> RunModel:
         where = "the bundled default model" if not settings.init else "--init"
         raise ModelError(f"{folder}: {where} does not exist (yet); give --init MODEL_DIR, or --init scratch to train a new network")
     spec, network = load_model(folder, "cpu")
+    check_dataset_channels(spec, dataset)
     parent = {"name": spec.name, "version": spec.version, "sha256": spec.weights_sha256}
     spec.training, spec.metrics = {}, {}
     return RunModel(spec, network, uuid.uuid4().hex, parent, False, training_patch_size(settings, spec))
+
+
+def check_dataset_channels(spec: ModelSpec, dataset: Dataset) -> None:
+    """Refuse fine-tuning a model on a dataset whose image channels are not the model's (count and names).
+
+    Raises:
+        InputError: the numbers differ, or (several channels) the names differ, case-insensitively.
+    """
+    names = [str(dataset.channel_names[key]) for key in sorted(dataset.channel_names, key=int)]
+    expected = spec.input_channels()
+    if len(names) != max(spec.in_channels, 1):
+        raise InputError(
+            f"{dataset.name}: {len(names)} image channel(s) ({', '.join(names)}); the model {spec.name} takes {', '.join(expected)}"
+        )
+    if len(names) > 1 and [name.casefold() for name in names] != [name.casefold() for name in expected]:
+        raise InputError(f"{dataset.name}: image channels {', '.join(names)} are not the model's ({', '.join(expected)}, in this order)")
 
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> RunModel:

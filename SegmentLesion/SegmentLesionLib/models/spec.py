@@ -103,6 +103,9 @@ class ModelSpec:
     weights_file: str = "models/model.pt"  # relative to the folder; a Model Zoo bundle's checkpoint loader may name another
     channel_names: list[str] = field(default_factory=list)  # input channels in the network's order (metadata channel_def)
     bundle: Optional[BundleConfig] = None  # a Model Zoo bundle's parsed config: the engine runs its own MONAI pipeline
+    # Sigmoid region models: label values, the first winning where regions overlap, as the model's own labelmap
+    # convention has it (BraTS regions TC, WT, ET -> labels 1, 2, 4: [4, 1, 2]). None: the smaller region wins.
+    overlap_priority: list[int] | None = None
 
     def label(self, value: int) -> LabelInfo:
         """The label with this value."""
@@ -110,6 +113,10 @@ class ModelSpec:
             if info.value == value:
                 return info
         raise KeyError(value)
+
+    def input_channels(self) -> list[str]:
+        """The input channels' names in the network's order (``image`` for an unnamed single channel)."""
+        return channel_names_or_default(self.channel_names, self.in_channels)
 
     def summary(self) -> dict[str, Any]:
         """A short description for reports and provenance: name, version, weights sha256, folder."""
@@ -121,6 +128,13 @@ class ModelSpec:
         for key in ("name", "version", "network_def", "folder", "description", "bundle", "weights_file"):
             block.pop(key)
         return block
+
+
+def channel_names_or_default(names: list[str], in_channels: int) -> list[str]:
+    """``names``, or ``image`` for one unnamed channel, ``channel 1``, ``channel 2``... for several."""
+    if names:
+        return [str(name) for name in names]
+    return ["image"] if in_channels <= 1 else [f"channel {index + 1}" for index in range(in_channels)]
 
 
 def default_model_dir() -> Path:
@@ -233,6 +247,8 @@ def _spec_from_block(block: dict[str, Any], network_def: dict[str, Any], metadat
         "weights_file",
     }
     kwargs = {key: value for key, value in block.items() if key in known}
+    if "channel_names" not in kwargs and int(kwargs.get("in_channels", 1)) > 1:
+        kwargs["channel_names"] = _input_channel_def(metadata)
     spec = ModelSpec(
         name=str(metadata.get("name", "model")),
         version=str(metadata.get("version", "0")),
@@ -243,6 +259,17 @@ def _spec_from_block(block: dict[str, Any], network_def: dict[str, Any], metadat
     )
     _validate(spec, where)
     return spec
+
+
+def _input_channel_def(metadata: dict[str, Any]) -> list[str]:
+    """The names of the first input's ``channel_def`` in channel order (empty when it names none)."""
+    fmt = metadata.get("network_data_format")
+    inputs = fmt.get("inputs") if isinstance(fmt, dict) else None
+    first = next(iter(inputs.values()), {}) if isinstance(inputs, dict) and inputs else {}
+    channel_def = first.get("channel_def") if isinstance(first, dict) else None
+    if not isinstance(channel_def, dict) or not all(str(key).isdigit() for key in channel_def):
+        return []
+    return [str(channel_def[key]) for key in sorted(channel_def, key=int)]
 
 
 def _validate(spec: ModelSpec, where: str) -> None:
@@ -263,10 +290,32 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: intensity foreground must be 'head' (a head mask) or 'mean' (voxels above the mean)")
     if spec.brain_mask not in (None, "none", "deepbet"):
         raise ModelError(f"{where}: brain_mask must be 'deepbet', 'none' or null")
+    _validate_channels(spec, where)
     if spec.max_voxels is not None and (isinstance(spec.max_voxels, bool) or not isinstance(spec.max_voxels, int) or spec.max_voxels < 1):
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
     if not isinstance(spec.allow_reduced_precision, bool):
         raise ModelError(f"{where}: allow_reduced_precision must be true or false")
+
+
+def _validate_channels(spec: ModelSpec, where: str) -> None:
+    """Input channel names and counts, and the region priority, agree with the network and the labels."""
+    for key, count in (("in_channels", spec.in_channels), ("out_channels", spec.out_channels)):
+        declared = spec.network_def.get(key)
+        if isinstance(declared, int) and not isinstance(declared, bool) and declared != count:
+            raise ModelError(f"{where}: {key} is {count}, but network_def has {key} {declared}")
+    names = spec.channel_names
+    if not isinstance(names, list) or not all(isinstance(name, str) and name.strip() for name in names):
+        raise ModelError(f"{where}: channel_names must be a list of names, one per input channel")
+    if names and len(names) != spec.in_channels:
+        raise ModelError(f"{where}: {len(names)} channel names ({', '.join(names)}) for {spec.in_channels} input channel(s)")
+    if len({name.casefold() for name in names}) != len(names):
+        raise ModelError(f"{where}: channel names must differ (case-insensitively): {', '.join(names)}")
+    priority = spec.overlap_priority
+    if priority is not None:
+        if spec.activation != "sigmoid":
+            raise ModelError(f"{where}: overlap_priority is for sigmoid region models (regions may overlap); this model is softmax")
+        if not isinstance(priority, list) or sorted(priority) != sorted(label.value for label in spec.labels):
+            raise ModelError(f"{where}: overlap_priority must list each label value once, e.g. {[label.value for label in spec.labels]}")
 
 
 def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], folder: Path) -> ModelSpec:
@@ -328,6 +377,9 @@ def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], fo
         spec.patch_size = inputs["spatial_shape"]
     spec.sw_batch_size = int(bundle.inferer.args.get("sw_batch_size", 1))
     spec.overlap = float(bundle.inferer.args.get("overlap", 0.25))
+    if activation == "sigmoid" and bundle.label_mapping is not None:
+        # The label-mapping lambda's rules, first match winning, are the model's convention where regions overlap.
+        spec.overlap_priority = [int(value) for _, value in bundle.label_mapping.rules]
     _validate(spec, str(folder))
     return spec
 
@@ -396,7 +448,7 @@ def write_config_files(folder: Path, spec: ModelSpec, extra_metadata: dict[str, 
                     "dtype": "float32",
                     "value_range": [],
                     "is_patch_data": True,
-                    "channel_def": {"0": "image"},
+                    "channel_def": {str(index): name for index, name in enumerate(spec.input_channels())},
                 }
             },
             "outputs": {

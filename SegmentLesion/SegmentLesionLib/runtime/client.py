@@ -59,12 +59,27 @@ class WorkerClient(JsonLinesProcess):
         except (OSError, ValueError) as exc:  # it died since the check: a broken pipe, or stdin already closed
             raise WorkerStopped(f"the segmentation worker stopped ({exc})") from exc
 
-    def segment(self, input_path: Any, output_path: Any, probability_path: Any = None, options: Optional[dict[str, Any]] = None) -> str:
-        """Queue a segmentation; returns its request id."""
+    def segment(
+        self,
+        input_path: Any,
+        output_path: Any,
+        probability_path: Any = None,
+        options: Optional[dict[str, Any]] = None,
+        inputs: Optional[list[Any]] = None,
+        regions_folder: Any = None,
+    ) -> str:
+        """Queue a segmentation; returns its request id.
+
+        ``inputs``: one volume per input channel of the model (``input_path`` is then the first); ``regions_folder``:
+        where a region model writes each region's mask (``messages.region_path``).
+        """
         self._next_id += 1
         job_id = str(self._next_id)
         probability = str(probability_path) if probability_path else None
-        self.send(SegmentRequest(job_id, str(input_path), str(output_path), probability, options=dict(options or {})))
+        request = SegmentRequest(job_id, str(input_path), str(output_path), probability, options=dict(options or {}))
+        request.inputs = [str(path) for path in inputs or []] if inputs and len(inputs) > 1 else []
+        request.regions = str(regions_folder) if regions_folder else None
+        self.send(request)
         return job_id
 
     def cancel(self, job_id: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from ..errors import SegmentLesionError
 from ..models.spec import LabelInfo
 from .client import WorkerClient
-from .messages import CancelledEvent, DoneEvent, ErrorEvent, Event, ExitEvent, PausedEvent, ProgressEvent, ReadyEvent
+from .messages import CancelledEvent, DoneEvent, ErrorEvent, Event, ExitEvent, PausedEvent, ProgressEvent, ReadyEvent, region_path
 from .process import JsonLinesProcess
 
 logger = logging.getLogger("SegmentLesion")
@@ -60,10 +60,22 @@ class SegmentationJob:
     segmentation_node_id: Optional[str] = None
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
+    channels: int = 1  # input volumes (one per input channel of the model)
+    channel_node_ids: list[str] = field(default_factory=list)  # the volume node of each channel (several channels)
 
     @property
     def input_path(self) -> Path:
         return self.folder / "input.nrrd"
+
+    @property
+    def input_paths(self) -> list[Path]:
+        """One file per input channel: ``input.nrrd`` (the reference grid), then ``input_1.nrrd``..."""
+        return [self.input_path] + [self.folder / f"input_{index}.nrrd" for index in range(1, self.channels)]
+
+    def region_paths(self, values: list[int]) -> list[Path]:
+        """A region model's masks, one per label value, when the worker wrote them all (else empty)."""
+        paths = [region_path(self.folder, value) for value in values]
+        return paths if paths and all(path.is_file() for path in paths) else []
 
     @property
     def output_path(self) -> Path:
@@ -171,10 +183,10 @@ class SegmentationWorker:
         return any(not job.state.finished for job in self.jobs.values())
 
     # -- jobs
-    def new_job(self, volume_node_id: str, options: dict[str, Any] | None = None) -> SegmentationJob:
-        """A job with its own temporary folder (the caller writes ``job.input_path`` before ``submit``)."""
+    def new_job(self, volume_node_id: str, options: dict[str, Any] | None = None, channels: int = 1) -> SegmentationJob:
+        """A job with its own temporary folder (the caller writes ``job.input_paths`` before ``submit``)."""
         folder = Path(tempfile.mkdtemp(prefix="SegmentLesion-", dir=self.temp_root))
-        return SegmentationJob(id="", volume_node_id=volume_node_id, folder=folder, options=dict(options or {}))
+        return SegmentationJob(id="", volume_node_id=volume_node_id, folder=folder, options=dict(options or {}), channels=channels)
 
     def submit(self, job: SegmentationJob, model_dir: str | Path | None, device: str) -> SegmentationJob:
         """Send a job (its input file written) to the worker for this model and device.
@@ -183,7 +195,7 @@ class SegmentationWorker:
             client.WorkerStopped: the worker died just now (the next submit starts a new one).
         """
         client = self.ensure(model_dir, device)
-        job.id = client.segment(job.input_path, job.output_path, job.probability_path, job.options)
+        job.id = client.segment(job.input_path, job.output_path, job.probability_path, job.options, job.input_paths, job.folder)
         job.started = time.monotonic()
         self.jobs[job.id] = job
         return job

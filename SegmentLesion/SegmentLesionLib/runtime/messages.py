@@ -4,7 +4,10 @@ Each record has ``to_json()`` (the dict written as one JSON line) and ``from_jso
 
     {"command": "segment", "id": "7", "input": "/tmp/volume.nrrd", "output": "/tmp/labels.nrrd",
      "probability": "/tmp/probability.nrrd" (optional), "report": "/tmp/labels.lesions.json" (optional),
-     "options": {"threshold": 0.5, "min_lesion_mm3": 10, "fill_holes": true, "tta": false, "precision": "auto"} (optional)}
+     "options": {"threshold": 0.5, "min_lesion_mm3": 10, "fill_holes": true, "tta": false, "precision": "auto"} (optional),
+     "inputs": ["/tmp/t1c.nrrd", "/tmp/flair.nrrd"] (optional: one volume per input channel, in the model's order;
+     "input" is then the first), "regions": "/tmp/job" (optional: the folder where a region model writes
+     each region's mask as region_<label value>.nrrd)}
     {"command": "cancel", "id": "7"}
     {"command": "pause"}     hold every request at its next window batch until "resume"
     {"command": "resume"}
@@ -25,6 +28,7 @@ The client adds ``{"event": "exit", "returncode": N}`` when the worker process h
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 from ..errors import SegmentLesionError
@@ -49,6 +53,13 @@ def _optional_text(data: dict[str, Any], key: str) -> Optional[str]:
     return None if value is None else str(value)
 
 
+def _text_list(data: dict[str, Any], key: str, what: str) -> list[str]:
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ProtocolError(f"malformed {what} ({key!r} is not a list of paths)")
+    return list(value)
+
+
 def _id(data: dict[str, Any]) -> Optional[str]:
     value = data.get("id")
     return None if value is None else str(value)
@@ -65,10 +76,12 @@ class SegmentRequest:
     probability: Optional[str] = None
     report: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)  # one volume per input channel (empty: ``input`` alone)
+    regions: Optional[str] = None  # folder for a region model's masks (``region_<label value>.nrrd``, see ``region_path``)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"command": "segment", "id": self.id, "input": self.input, "output": self.output}
-        for key in ("probability", "report"):
+        for key in ("probability", "report", "regions", "inputs"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
         data["options"] = dict(self.options)
@@ -87,7 +100,14 @@ class SegmentRequest:
             probability=_optional_text(data, "probability"),
             report=_optional_text(data, "report"),
             options=options,
+            inputs=_text_list(data, "inputs", what),
+            regions=_optional_text(data, "regions"),
         )
+
+
+def region_path(folder: str | Path, value: int) -> Path:
+    """Where a region model's worker writes the mask of the region with this label value."""
+    return Path(folder) / f"region_{int(value)}.nrrd"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from .messages import (
     ReadyEvent,
     SegmentRequest,
     parse_request,
+    region_path,
 )
 
 logger = logging.getLogger("SegmentLesion")
@@ -158,8 +159,8 @@ class WorkerServer:
         start = time.perf_counter()
         try:
             options = SegmentOptions(**request.options)
-            result = self.segmenter.segment_file(
-                request.input,
+            result = self.segmenter.segment_files(
+                request.inputs or [request.input],
                 options,
                 progress=lambda done, total, stage: self.channel.send(ProgressEvent(request.id, done, total, stage)),
                 cancel=lambda: self.between_batches(request.id),
@@ -183,11 +184,21 @@ class WorkerServer:
 
 def _write_outputs(result: Any, request: SegmentRequest, segmenter: Any) -> Path:
     """Write the labelmap, the lesion report and (when asked) the probability map; returns the report's path."""
-    from ..io.volume import write_image
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..io.volume import copy_geometry, write_image
     from ..io.writers import report_path, write_labelmap
 
     report = Path(request.report) if request.report else report_path(request.output)
-    write_labelmap(result.labelmap, request.output, segmenter.spec.labels)
+    spec = segmenter.spec
+    write_labelmap(result.labelmap, request.output, spec.labels)
+    if result.regions is not None and request.regions:
+        # A region model's regions overlap: the panel gets one segment per region, from one labelmap file each.
+        for mask, label in zip(result.regions, spec.labels):
+            write_image(
+                copy_geometry(sitk.GetImageFromArray(mask.astype(np.uint8)), result.labelmap), region_path(request.regions, label.value)
+            )
     result.report.write(report)
     if request.probability:
         write_image(result.probability, request.probability)

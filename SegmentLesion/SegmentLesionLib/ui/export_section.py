@@ -85,8 +85,10 @@ class ExportSection:
             volume = self.logic.reference_volume(node)
             model = self.logic.model_summary(node)
             model_folder = model.get("folder") if model.get("folder") and Path(model["folder"]).is_dir() else self.models.model_dir()
+            channels = self.logic.channel_volumes(node)  # a multi-sequence result: every channel's volume
+            images = [self.logic.volume_image(channel) for channel in channels] if channels else self.logic.volume_image(volume)
             result = export_case(
-                self.logic.volume_image(volume),
+                images,
                 self.logic.labelmap_image(node, volume),
                 folder,
                 ai_label=self.logic.ai_labelmap_image(node),

@@ -48,11 +48,20 @@ def _grid(segmentation_node: slicer.vtkMRMLSegmentationNode, volume_node: Option
     return volume_node
 
 
-def labelmap_array(segmentation_node: slicer.vtkMRMLSegmentationNode, volume_node: slicer.vtkMRMLVolumeNode | None = None) -> np.ndarray:
-    """The segmentation as label values on the volume's voxel grid, (k, j, i) uint8/uint16 (a new array)."""
+def labelmap_array(
+    segmentation_node: slicer.vtkMRMLSegmentationNode,
+    volume_node: slicer.vtkMRMLVolumeNode | None = None,
+    values: dict[str, int] | None = None,
+) -> np.ndarray:
+    """The segmentation as label values on the volume's voxel grid, (k, j, i) uint8/uint16 (a new array).
+
+    Segments are merged in their order, later over earlier where they overlap (a region model's segments are in
+    its paint order, so this gives its own labelmap). ``values`` (segment ID -> label value) limits the merge to
+    those segments.
+    """
     volume_node = _grid(segmentation_node, volume_node)
     shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
-    values = segment_label_values(segmentation_node)
+    values = segment_label_values(segmentation_node) if values is None else values
     if not values:
         return np.zeros(shape, np.uint8)
     geometry = slicer.vtkOrientedImageData()
@@ -107,6 +116,27 @@ def shared_layer_view(
     if not np.allclose(matrix_to_numpy(matrix), ijk_to_ras(volume_node), atol=1e-6):
         return None
     return image_array(layer), mapping, box
+
+
+def label_masks(
+    segmentation_node: slicer.vtkMRMLSegmentationNode, volume_node: slicer.vtkMRMLVolumeNode | None = None
+) -> list[tuple[int, np.ndarray, Optional[tuple[slice, slice, slice]]]]:
+    """Per label value, in segment order: the voxels of its segments as a (k, j, i) uint8 mask and the box of the
+    volume's grid the mask covers (None: all of it). Segments of different labels may overlap.
+    """
+    volume_node = _grid(segmentation_node, volume_node)
+    values = segment_label_values(segmentation_node)
+    view = shared_layer_view(segmentation_node, volume_node)
+    masks = []
+    for value in dict.fromkeys(values.values()):
+        ids = {segment_id: 1 for segment_id, label in values.items() if label == value}
+        if view is not None:
+            layer, mapping, box = view
+            layer_values = [layer_value for layer_value, label in mapping.items() if label == value]
+            masks.append((value, np.isin(layer, layer_values).view(np.uint8), box))
+        else:
+            masks.append((value, (labelmap_array(segmentation_node, volume_node, ids) > 0).view(np.uint8), None))
+    return masks
 
 
 def labelmap_image(segmentation_node: slicer.vtkMRMLSegmentationNode, volume_node: slicer.vtkMRMLVolumeNode | None = None) -> sitk.Image:

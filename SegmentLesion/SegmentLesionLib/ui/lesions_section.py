@@ -93,10 +93,11 @@ class LesionsSection:
     def _fill_table(self) -> None:
         table = self.ui.lesionTable
         table.setRowCount(len(self.lesions))
+        grouped = len(label_groups(self.lesions)) > 1
         for row, lesion in enumerate(self.lesions):
             probability = lesion.get("mean_probability")
             cells = [
-                str(lesion["id"]),
+                f"{lesion['id']} {lesion.get('segment', '')}".strip() if grouped else str(lesion["id"]),
                 f"{lesion['volume_ml']:.3f}",
                 f"{lesion['max_diameter_mm']:.1f}",
                 "-" if probability is None else f"{probability:.2f}",
@@ -110,8 +111,7 @@ class LesionsSection:
         if self.segmentation_node is None:
             self.ui.lesionSummaryLabel.setText("No segmentation yet.")
         else:
-            total = sum(lesion["volume_ml"] for lesion in self.lesions)
-            self.ui.lesionSummaryLabel.setText(f"{len(self.lesions)} lesion(s), total {total:.2f} mL")
+            self.ui.lesionSummaryLabel.setText(lesion_summary(self.lesions))
 
     def on_lesion_clicked(self, row: int) -> None:
         """Centre the slice views on a lesion."""
@@ -128,3 +128,22 @@ class LesionsSection:
         """Stop the timer and the observation."""
         self.table_timer.stop()
         self._stop_observing()
+
+
+def label_groups(lesions: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The lesions by segment name (their label), in table order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for lesion in lesions:
+        groups.setdefault(str(lesion.get("segment", "")), []).append(lesion)
+    return groups
+
+
+def lesion_summary(lesions: list[dict[str, Any]]) -> str:
+    """``3 lesion(s), total 1.20 mL``; with several labels one part per label (regions may overlap: no grand total)."""
+    groups = label_groups(lesions)
+    if len(groups) <= 1:
+        return f"{len(lesions)} lesion(s), total {sum(lesion['volume_ml'] for lesion in lesions):.2f} mL"
+    parts = [
+        f"{name}: {len(members)} lesion(s), {sum(lesion['volume_ml'] for lesion in members):.2f} mL" for name, members in groups.items()
+    ]
+    return "; ".join(parts)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import slicer
 
@@ -66,18 +66,28 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
     # ------------------------------------------------------------------ background segmentation
     def start(
         self,
-        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        volume_node: slicer.vtkMRMLScalarVolumeNode | Sequence[slicer.vtkMRMLScalarVolumeNode],
         model_dir: str | Path | None = None,
         device: str = "auto",
         options: dict[str, Any] | None = None,
     ) -> SegmentationJob:
-        """Send a volume to the worker (started on first use); returns at once. Follow it with ``poll()``."""
-        if volume_node is None:
-            raise InputError("select an input volume")
-        volume_array(volume_node)  # refuse empty or vector volumes before starting anything
-        job = self.worker.new_job(volume_node.GetID(), options)
+        """Send a volume to the worker (started on first use); returns at once. Follow it with ``poll()``.
+
+        A model with several input channels takes a list of volume nodes in its channel order: the first one's
+        grid is the reference (the worker resamples the others onto it in physical space) and gets the result.
+        """
+        volume_nodes = list(volume_node) if isinstance(volume_node, (list, tuple)) else [volume_node]
+        if not volume_nodes or any(node is None for node in volume_nodes):
+            raise InputError("select an input volume" if len(volume_nodes) <= 1 else "select a volume for every input channel")
+        if len({node.GetID() for node in volume_nodes}) != len(volume_nodes):
+            raise InputError("the same volume is selected for two input channels; each channel needs its own volume")
+        for node in volume_nodes:
+            volume_array(node)  # refuse empty or vector volumes before starting anything
+        job = self.worker.new_job(volume_nodes[0].GetID(), options, channels=len(volume_nodes))
+        job.channel_node_ids = [node.GetID() for node in volume_nodes] if len(volume_nodes) > 1 else []
         try:
-            self.write_volume(volume_node, job.input_path)
+            for node, path in zip(volume_nodes, job.input_paths):
+                self.write_volume(node, path)
             return self.worker.submit(job, model_dir, device)
         except BaseException:
             self.worker.finish(job)
@@ -98,7 +108,7 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
 
     def segment(
         self,
-        volume_node: slicer.vtkMRMLScalarVolumeNode,
+        volume_node: slicer.vtkMRMLScalarVolumeNode | Sequence[slicer.vtkMRMLScalarVolumeNode],
         model_dir: str | Path | None = None,
         device: str = "auto",
         options: dict[str, Any] | None = None,
@@ -150,6 +160,8 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
                 probability_path=job.probability_path,
                 model=report.get("model", info.model),
                 settings=report.get("settings"),
+                region_paths=job.region_paths([label.value for label in info.labels]),
+                channel_node_ids=job.channel_node_ids,
             )
         except SegmentLesionError as exc:
             job.state = JobState.FAILED

@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional
 
+from ..errors import ModelError
 from ..learning.registry import default_registry_path
+from ..models.spec import load_spec
+from .channels_section import ChannelsSection
 from .export_section import ExportSection
 from .lesions_section import LesionsSection
 from .model_section import ModelSection
@@ -47,6 +50,8 @@ class SegmentLesionPanel:
         on_result: called with the result segmentation node whenever it changes (Slicer: the parameter node).
         registry: the model registry folder a retrained model is compared in and promoted to, and "Add model..."
             installs into (default: ``registry.default_registry_path()``).
+        volume_selector: makes one more volume selector on the scene, for models with several input channels
+            (Slicer: a ``qMRMLNodeComboBox`` of scalar volumes; None: one input channel only).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class SegmentLesionPanel:
         python: str | None = None,
         on_result: Callable[[Any], None] | None = None,
         registry: str | os.PathLike | None = None,
+        volume_selector: Callable[[], Any] | None = None,
     ) -> None:
         self.ui = ui
         self.logic = logic
@@ -88,13 +94,16 @@ class SegmentLesionPanel:
             ],
         )
         self.lesions = LesionsSection(self.context, logic, self._result_changed)
-        self.segment = SegmentSection(self.context, logic, self.models, ask, self._segmented)
+        self.channels = ChannelsSection(self.context, volume_selector)
+        self.segment = SegmentSection(self.context, logic, self.models, ask, self._segmented, self.channels)
         self.export = ExportSection(self.context, logic, self.models, lambda: self.lesions.segmentation_node)
         self.promotion = PromotionSection(self.context, self.models, self.export.dataset_folder, python, registry_path)
         self.retrain = RetrainSection(self.context, self.models, self.export.dataset_folder, python, self.compare_with_active)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
+        ui.modelComboBox.currentIndexChanged.connect(lambda *_: self.update_channels())
+        self.update_channels()
         ui.segmentButton.clicked.connect(lambda *_: self._start_polling())
         ui.retrainButton.clicked.connect(lambda *_: self._polling_if(self.retrain.on_retrain_clicked()))
         ui.promoteButton.clicked.connect(lambda *_: self._start_polling())
@@ -122,6 +131,17 @@ class SegmentLesionPanel:
     def select_model(self, folder: str) -> None:
         """Select a model folder ("" = the default) without change signals."""
         self.models.select_model(folder)
+        self.update_channels()
+
+    def update_channels(self) -> None:
+        """One volume selector per input channel of the selected model, filled from the volume names."""
+        with self.context.action("Cannot show the model's input channels."):
+            folder = self.models.model_dir()
+            try:
+                spec = load_spec(folder) if folder is not None else None
+            except ModelError:
+                spec = None  # the model section says why the model cannot be used
+            self.channels.set_channels(spec.input_channels() if spec is not None and spec.in_channels > 1 else [])
 
     def select_device(self, device: str) -> None:
         """Select a device by value."""

@@ -23,8 +23,9 @@ import slicer
 import vtk
 
 from ..errors import InputError
+from ..io import writers
 from ..models.spec import LabelInfo
-from .geometry import ijk_to_ras, numpy_to_matrix
+from .geometry import ijk_to_ras, image_array, numpy_to_matrix
 from .terminology import terminology_string
 
 AI_LABELMAP_ROLE = "SegmentLesion.AILabelmap"
@@ -32,7 +33,8 @@ PROBABILITY_ROLE = "SegmentLesion.Probability"
 RESULT_ATTRIBUTE = "SegmentLesion.Result"
 MODEL_ATTRIBUTE = "SegmentLesion.Model"
 SETTINGS_ATTRIBUTE = "SegmentLesion.Settings"
-LABEL_VALUE_TAG = "SegmentLesion.LabelValue"
+CHANNELS_ATTRIBUTE = "SegmentLesion.Channels"  # JSON list of the input volume node IDs, one per channel (several)
+LABEL_VALUE_TAG = writers.LABEL_VALUE_TAG
 SEGMENT_EDITOR_TAG = "SegmentLesion"
 
 
@@ -72,6 +74,17 @@ def _json_attribute(node: slicer.vtkMRMLNode, name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def channel_volumes(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[slicer.vtkMRMLScalarVolumeNode]:
+    """The input volume of each channel a multi-sequence result was made from (empty for a single input, or when
+    one of them has left the scene)."""
+    try:
+        ids = json.loads(segmentation_node.GetAttribute(CHANNELS_ATTRIBUTE) or "[]")
+    except ValueError:
+        return []
+    nodes = [segmentation_node.GetScene().GetNodeByID(str(node_id)) for node_id in ids] if isinstance(ids, list) else []
+    return nodes if nodes and all(node is not None for node in nodes) else []
+
+
 def model_summary(segmentation_node: slicer.vtkMRMLSegmentationNode) -> dict[str, Any]:
     """Model name, version and weights sha256 that produced the result (for provenance)."""
     return _json_attribute(segmentation_node, MODEL_ATTRIBUTE)
@@ -106,24 +119,65 @@ def read_on_grid(path: str | Path, volume_node: slicer.vtkMRMLVolumeNode, node_c
     return result
 
 
+def _new_segment(label: LabelInfo, layer_value: int) -> slicer.vtkSegment:
+    segment = slicer.vtkSegment()
+    segment.SetName(label.name)
+    segment.SetColor(*[float(c) for c in label.color[:3]])
+    segment.SetLabelValue(int(layer_value))
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology_string(label.terminology))
+    segment.SetTag(LABEL_VALUE_TAG, str(int(label.value)))
+    return segment
+
+
+def _clear_segments(node: slicer.vtkMRMLSegmentationNode) -> str:
+    segmentation = node.GetSegmentation()
+    representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segmentation.SetSourceRepresentationName(representation)
+    segmentation.RemoveAllSegments()
+    return representation
+
+
 def fill_segments(node: slicer.vtkMRMLSegmentationNode, labelmap: vtk.vtkImageData, matrix: np.ndarray, labels: list[LabelInfo]) -> None:
     """One segment per model label, all sharing one labelmap layer (label values kept)."""
     shared = slicer.vtkOrientedImageData()
     shared.DeepCopy(labelmap)
     shared.SetImageToWorldMatrix(numpy_to_matrix(matrix))
-    segmentation = node.GetSegmentation()
-    representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    segmentation.SetSourceRepresentationName(representation)
-    segmentation.RemoveAllSegments()
+    representation = _clear_segments(node)
     for label in labels:
-        segment = slicer.vtkSegment()
-        segment.SetName(label.name)
-        segment.SetColor(*[float(c) for c in label.color[:3]])
-        segment.SetLabelValue(int(label.value))
-        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology_string(label.terminology))
-        segment.SetTag(LABEL_VALUE_TAG, str(int(label.value)))
+        segment = _new_segment(label, label.value)
         segment.AddRepresentation(representation, shared)
-        segmentation.AddSegment(segment, f"Segment_{int(label.value)}")
+        node.GetSegmentation().AddSegment(segment, f"Segment_{int(label.value)}")
+
+
+def fill_region_segments(
+    node: slicer.vtkMRMLSegmentationNode, masks: list[vtk.vtkImageData], matrix: np.ndarray, labels: list[LabelInfo]
+) -> None:
+    """One segment per region of a region model, each in its own layer (regions overlap), in paint order.
+
+    Merging the segments in their order, later over earlier (as Slicer's merged labelmap and the export do),
+    gives the model's own labelmap.
+    """
+    representation = _clear_segments(node)
+    for label, mask in zip(labels, masks):
+        layer = slicer.vtkOrientedImageData()
+        layer.DeepCopy(mask)
+        layer.SetImageToWorldMatrix(numpy_to_matrix(matrix))
+        segment = _new_segment(label, 1)
+        segment.AddRepresentation(representation, layer)
+        node.GetSegmentation().AddSegment(segment, f"Segment_{int(label.value)}")
+
+
+def region_paint_order(labelmap: vtk.vtkImageData, masks: list[vtk.vtkImageData], labels: list[LabelInfo]) -> list[int]:
+    """The order the model painted its regions into its labelmap (indices; last wins), read from the labelmap.
+
+    A region painted later keeps more of its voxels with its own value: the winning region keeps all of them.
+    """
+    values = image_array(labelmap)
+    kept = []
+    for label, mask in zip(labels, masks):
+        inside = image_array(mask) > 0
+        kept.append(float(np.mean(values[inside] == label.value)) if inside.any() else 1.0)
+    return sorted(range(len(labels)), key=lambda index: (kept[index], index))
 
 
 def show_result(node: slicer.vtkMRMLSegmentationNode, show_3d: bool) -> None:
@@ -158,13 +212,18 @@ class SceneResults:
         settings: dict[str, Any] | None = None,
         segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
         show_3d: bool = True,
+        region_paths: list[str | Path] | None = None,
+        channel_node_ids: list[str] | None = None,
     ) -> slicer.vtkMRMLSegmentationNode:
         """Put a labelmap file (on the volume's grid) into the volume's result segmentation node.
 
         The volume's earlier result (or ``segmentation_node``) is replaced in place, so views and the
         Segment Editor keep showing the same node. Files are read completely before the scene changes.
+        ``region_paths`` (a region model's masks, one per label) give one segment per region, overlapping;
+        ``channel_node_ids`` (the input volume of each channel of a multi-sequence model) are kept for the export.
         """
         labelmap = read_on_grid(labelmap_path, volume_node, "vtkMRMLLabelMapVolumeNode")
+        masks = [read_on_grid(path, volume_node, "vtkMRMLLabelMapVolumeNode") for path in region_paths or []]
         probability = None
         if probability_path is not None and Path(probability_path).is_file():
             probability = read_on_grid(probability_path, volume_node, "vtkMRMLScalarVolumeNode")
@@ -182,7 +241,11 @@ class SceneResults:
             node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
             node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
             node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
-            fill_segments(node, labelmap, ijk_to_ras(volume_node), labels)
+            if masks:
+                order = region_paint_order(labelmap, masks, labels)
+                fill_region_segments(node, [masks[i] for i in order], ijk_to_ras(volume_node), [labels[i] for i in order])
+            else:
+                fill_segments(node, labelmap, ijk_to_ras(volume_node), labels)
             ai_node = self._hidden_volume(
                 node, AI_LABELMAP_ROLE, "vtkMRMLLabelMapVolumeNode", f"{volume_node.GetName()} lesions (AI)", labelmap, volume_node
             )
@@ -200,6 +263,7 @@ class SceneResults:
                 self.scene.RemoveNode(node.GetNodeReference(PROBABILITY_ROLE))
             node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(model or {}))
             node.SetAttribute(SETTINGS_ATTRIBUTE, json.dumps(settings or {}))
+            node.SetAttribute(CHANNELS_ATTRIBUTE, json.dumps(list(channel_node_ids or [])))
         finally:
             node.EndModify(was_modifying)
         show_result(node, show_3d)
@@ -255,6 +319,7 @@ class SceneResults:
     probability_node = staticmethod(probability_node)
     model_summary = staticmethod(model_summary)
     settings = staticmethod(settings)
+    channel_volumes = staticmethod(channel_volumes)
 
     def segment_editor_node(self) -> slicer.vtkMRMLSegmentEditorNode:
         """The module's own Segment Editor parameter node (created once per scene)."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ..errors import InputError
 from ..runtime.jobs import JobEvent, SegmentationJob
+from .channels_section import ChannelsSection
+from .lesions_section import label_groups, lesion_summary
 from .model_section import ModelSection
 from .panel_context import PanelContext, prop
 
@@ -23,12 +24,20 @@ class SegmentSection:
         models: the model and device choice.
         ask: ``ask(question) -> bool``.
         on_done: called as ``on_done(segmentation_node, seconds)`` after each finished run.
+        channels: the input volume of each channel of the model (default: the one ``inputSelector``).
     """
 
     def __init__(
-        self, context: PanelContext, logic: Any, models: ModelSection, ask: Callable[[str], bool], on_done: Callable[[Any, float], None]
+        self,
+        context: PanelContext,
+        logic: Any,
+        models: ModelSection,
+        ask: Callable[[str], bool],
+        on_done: Callable[[Any, float], None],
+        channels: Optional[ChannelsSection] = None,
     ) -> None:
         self.context = context
+        self.channels = channels or ChannelsSection(context)
         self.ui = context.ui
         self.logic = logic
         self.models = models
@@ -69,9 +78,8 @@ class SegmentSection:
     def start(self) -> bool:
         """Send the input volume to the worker, after asking before edits would be replaced."""
         with self.context.action("Segmentation could not start."):
-            volume = self.ui.inputSelector.currentNode()
-            if volume is None:
-                raise InputError("Select an input volume first.")
+            volumes = self.channels.volumes()
+            volume = volumes[0]  # the reference grid: the result lies on it
             existing = self.logic.result_for(volume)
             if existing is not None and self.logic.has_edits(existing):
                 if not self.ask(f"'{existing.GetName()}' has edits. Segmenting again replaces them. Continue?"):
@@ -80,7 +88,8 @@ class SegmentSection:
             if not self.context.packages_ready():
                 return False
             model_dir = self.models.model_dir()
-            self.job = self.logic.start(volume, str(model_dir) if model_dir else None, self.models.device(), self.options())
+            inputs = volumes if len(volumes) > 1 else volume
+            self.job = self.logic.start(inputs, str(model_dir) if model_dir else None, self.models.device(), self.options())
             self._set_running(True)
             loading = "" if self.logic.worker.info is not None else ": loading the model..."
             self.set_status(f"Segmenting {volume.GetName()}{loading}")
@@ -101,6 +110,7 @@ class SegmentSection:
         self.ui.progressBar.setValue(0)
         for widget in (self.ui.inputSelector, self.ui.modelComboBox, self.ui.deviceComboBox, self.ui.addModelFolderButton):
             widget.setEnabled(not running)
+        self.channels.set_enabled(not running)
 
     def poll(self) -> None:
         """Handle the worker's events (the logic imports finished results into the scene)."""
@@ -143,5 +153,8 @@ class SegmentSection:
 
     def report_done(self, lesions: list[dict[str, Any]], seconds: float) -> None:
         """The status line after a run: how many lesions, how much, how long."""
+        if len(label_groups(lesions)) > 1:
+            self.set_status(f"Found {lesion_summary(lesions)}, in {seconds:.1f} s. Review and correct below.")
+            return
         total = sum(lesion["volume_ml"] for lesion in lesions)
         self.set_status(f"Found {len(lesions)} lesion(s), {total:.2f} mL, in {seconds:.1f} s. Review and correct below.")
