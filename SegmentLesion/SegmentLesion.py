@@ -208,6 +208,7 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             python=pythonExecutable(),
             on_result=self.onResult,
             volume_selector=newVolumeSelector,
+            layout_manager=slicer.app.layoutManager(),
         )
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelOrDeviceChanged)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onModelOrDeviceChanged)
@@ -238,6 +239,8 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
 
     def exit(self) -> None:
+        # Click to fix takes the slice views' clicks only while the panel is shown.
+        self.ui.clickFixButton.setChecked(False)
         # As the Segment Editor module does: no effect stays active in the views once the panel is left.
         self.ui.segmentEditorWidget.setActiveEffect(None)
         self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
@@ -247,6 +250,7 @@ class SegmentLesionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.ui.clickFixButton.setChecked(False)
         if self.panel is not None:
             if self.panel.running:
                 self.panel.cancel()
@@ -450,6 +454,8 @@ class SegmentLesionTest(ScriptedLoadableModuleTest):
         self.test_LogicOnSampleCase()
         self.setUp()
         self.test_PanelSegmentsAndFillsTable()
+        self.setUp()
+        self.test_ClickToFixRemovesALesion()
 
     def _loadSample(self):
         import SampleData
@@ -544,3 +550,25 @@ class SegmentLesionTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.lesionTable.rowCount, ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))[1])
         self.assertIs(widget.ui.segmentEditorWidget.segmentationNode(), segmentation)
         self.delayDisplay("Panel test passed")
+
+    def test_ClickToFixRemovesALesion(self):
+        """A negative click on a lesion of the result removes it (or trims it), in the worker, and Undo's state is kept."""
+        self.delayDisplay("Click to fix: removing a lesion with one click")
+        volume, _truth = self._loadSample()
+        logic = SegmentLesionLogic()
+        try:
+            segmentation = logic.segment(volume, device="auto")
+            lesions = logic.lesions
+            before = lesions.lesion_table(segmentation)
+            self.assertGreater(len(before), 0)
+            job = lesions.start_refine(segmentation, [("remove", before[0]["centroid_ras"])], str(DEFAULT_MODEL_DIR), "auto")
+            self._waitWhile(lambda: (lesions.poll(), not job.state.finished)[1], timeoutSeconds=300)
+            self.assertEqual(job.state.value, "done", job.message)
+            outcomes = lesions.apply_refined(job)
+            self.assertIn(outcomes[0]["action"], ("removed lesion", "trimmed lesion"))
+            after = lesions.lesion_table(segmentation)
+            self.assertLess(sum(item["voxels"] for item in after), sum(item["voxels"] for item in before))
+            self.assertEqual(lesions.click_records(segmentation)[0]["kind"], "remove")
+        finally:
+            logic.close()
+        self.delayDisplay("Click to fix test passed")

@@ -484,3 +484,75 @@ def wait_for(condition, what: str, timeout: float = 120.0):
         assert time.monotonic() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.02)
     return value
+
+
+# ------------------------------------------------------------------ click refinement
+REFINE_MODEL_DIR = Path(__file__).resolve().parent.parent / "SegmentLesion" / "Resources" / "Models" / "SegmentLesionRefine"
+
+
+def make_refine_model(folder: Path, seed: int = 0, image_channels: int = 1, **settings) -> Path:
+    """A click-refinement model folder with random weights (a real MONAI UNet): for wiring, not for accuracy."""
+    import torch
+    from SegmentLesionLib.models.network import build_network, save_model
+    from SegmentLesionLib.models.spec import CLICK_REFINEMENT, LabelInfo, ModelSpec
+
+    network_def = {**tiny_network_def(), "in_channels": image_channels + 3}
+    defaults = dict(
+        name="TinyRefineModel",
+        version="0.0.1",
+        network_def=network_def,
+        labels=[LabelInfo(1, "lesion", [0.9, 0.3, 0.2])],
+        in_channels=image_channels + 3,
+        spacing=[1.25, 1.25, 1.25],
+        patch_size=[32, 32, 32],
+        intensity={"mode": "zscore", "foreground": "head"},
+        min_lesion_mm3=0.0,
+        interaction={"kind": CLICK_REFINEMENT, "image_channels": image_channels, "click_radius_mm": 3.0},
+    )
+    defaults.update(settings)
+    torch.manual_seed(seed)
+    return save_model(folder, ModelSpec(**defaults), build_network(network_def), overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def refine_model(tmp_path_factory) -> Path:
+    return make_refine_model(tmp_path_factory.mktemp("models") / "refine")
+
+
+def spheres_case(
+    centres_kji=((20, 24, 18), (20, 24, 44)),
+    radius_mm=5.0,
+    shape_kji=(40, 48, 64),
+    spacing=(1.0, 1.0, 1.2),
+    origin=(12.0, -30.0, 5.0),
+    direction=None,
+    contrast=120.0,
+    seed=0,
+) -> tuple[sitk.Image, np.ndarray]:
+    """A noisy volume with bright spheres on a chosen grid, and one mask (k, j, i) per sphere (bool arrays)."""
+    image = make_volume(shape_kji, spacing, origin, direction, seed, blob=False)
+    array = sitk.GetArrayFromImage(image)
+    grids = np.indices(shape_kji).astype(float)
+    step = np.asarray(spacing, dtype=float)[::-1]
+    spheres = []
+    for centre in centres_kji:
+        distance = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, step))
+        spheres.append(distance <= radius_mm**2)
+        array[spheres[-1]] += contrast
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(image)
+    return result, np.stack(spheres)
+
+
+def mask_image(array_kji: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A uint8 labelmap on ``reference``'s grid."""
+    image = sitk.GetImageFromArray(np.asarray(array_kji, dtype=np.uint8))
+    image.CopyInformation(reference)
+    return image
+
+
+def ras_of(image: sitk.Image, index_kji) -> list[float]:
+    """The RAS point (mm) of a voxel index (k, j, i)."""
+    from SegmentLesionLib.io.volume import ijk_to_ras_matrix
+
+    return [float(v) for v in (ijk_to_ras_matrix(image) @ [index_kji[2], index_kji[1], index_kji[0], 1.0])[:3]]

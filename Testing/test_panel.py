@@ -97,7 +97,12 @@ class ctkPathLineEdit(QtWidgets.QLineEdit):  # noqa: N801
 
 
 class qMRMLSegmentEditorWidget(QtWidgets.QWidget):  # noqa: N801
-    """Records what the panel hands to the Segment Editor."""
+    """Records what the panel hands to the Segment Editor; undo as the real widget does it (vtkSegmentationHistory)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.history = slicer.vtkSegmentationHistory()
+        self.history.SetMaximumNumberOfStates(10)
 
     def setMRMLScene(self, scene):  # noqa: N802
         self.scene = scene
@@ -107,6 +112,13 @@ class qMRMLSegmentEditorWidget(QtWidgets.QWidget):  # noqa: N801
 
     def setSegmentationNode(self, node):  # noqa: N802
         self.segmentation_node = node
+        self.history.SetSegmentation(node.GetSegmentation() if node is not None else None)
+
+    def saveStateForUndo(self):  # noqa: N802
+        self.history.SaveState()
+
+    def undo(self):
+        self.history.RestorePreviousState()
 
     def setSourceVolumeNode(self, node):  # noqa: N802
         self.source_volume = node
@@ -173,7 +185,7 @@ def make_panel(app, logic, model_3d, tmp_path):
         selector.setCurrentNode(None)
         return selector
 
-    def build(default_model_dir=model_3d, needs_packages=None):
+    def build(default_model_dir=model_3d, needs_packages=None, **extra):
         ui = load_ui(logic.scene)
         dialogs = Dialogs()
         settings = QtCore.QSettings(str(tmp_path / f"settings{len(panels)}.ini"), QtCore.QSettings.IniFormat)
@@ -189,6 +201,7 @@ def make_panel(app, logic, model_3d, tmp_path):
             needs_packages=needs_packages,
             registry=tmp_path / f"registry{len(panels)}",
             volume_selector=new_selector,
+            **extra,
         )
         panel.dialogs = dialogs
         panels.append(panel)
@@ -895,3 +908,142 @@ def segmentation_layer(node, index):
 def segment_mask(logic, node, index):
     segment_id = node.GetSegmentation().GetNthSegmentID(index)
     return logic.labelmap_array(node, None, {segment_id: 1}) > 0
+
+
+# --- Click to fix ---------------------------------------------------------------------------------------------
+class SliceWidgetStandIn:
+    """qMRMLSliceWidget's two calls the click mode makes: the real slice node, and a real VTK interactor."""
+
+    def __init__(self, slice_node):
+        self.slice_node = slice_node
+        self.interactor = vtk.vtkRenderWindowInteractor()
+        self.style = vtk.vtkInteractorStyleUser()
+        self.style.SetInteractor(self.interactor)
+
+    def interactorStyle(self):  # noqa: N802
+        return self.style
+
+    def mrmlSliceNode(self):  # noqa: N802
+        return self.slice_node
+
+
+class LayoutManagerStandIn:
+    """qMRMLLayoutManager's ``sliceViewNames`` and ``sliceWidget``."""
+
+    def __init__(self, widgets):
+        self.widgets = widgets
+
+    def sliceViewNames(self):  # noqa: N802
+        return list(self.widgets)
+
+    def sliceWidget(self, name):  # noqa: N802
+        return self.widgets.get(name)
+
+
+def press(widget, ras, button="left", shift=False):
+    """A mouse press in a slice view at the display position of a RAS point on the slice (as Qt's VTK widget sends it)."""
+    xy_to_ras = geometry.matrix_to_numpy(widget.slice_node.GetXYToRAS())
+    x, y, _, _ = np.linalg.inv(xy_to_ras) @ [*ras, 1.0]
+    widget.interactor.SetEventPosition(int(round(x)), int(round(y)))
+    widget.interactor.SetShiftKey(1 if shift else 0)
+    event = vtk.vtkCommand.RightButtonPressEvent if button == "right" else vtk.vtkCommand.LeftButtonPressEvent
+    widget.interactor.InvokeEvent(event)
+    return [float(v) for v in (xy_to_ras @ [round(x), round(y), 0.0, 1.0])[:3]]
+
+
+def test_click_to_fix_adds_removes_undoes_and_the_export_counts_the_clicks(app, make_panel, logic, tmp_path):
+    from conftest import REFINE_MODEL_DIR, mask_image, ras_of, spheres_case
+    from SegmentLesionLib.engine.refine import Refiner
+    from SegmentLesionLib.models.spec import load_spec
+
+    image, spheres = spheres_case()
+    sitk.WriteImage(image, str(tmp_path / "clicked.nrrd"))
+    sitk.WriteImage(mask_image(spheres[0], image), str(tmp_path / "ai.nrrd"))  # the AI missed the second lesion
+    volume = logic.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "clicked")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(tmp_path / "clicked.nrrd"))
+    assert storage.ReadData(volume)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(logic.scene, True)
+    slice_logic = slicer.vtkMRMLSliceLogic()
+    slice_logic.SetMRMLScene(logic.scene)
+    red = slice_logic.AddSliceNode("Red")
+    red.SetDimensions(256, 256, 1)
+    red.SetFieldOfView(128.0, 128.0, 1.0)
+    view = SliceWidgetStandIn(red)
+    # The view's own handling of a press (window/level, zoom) must not see the clicks the mode takes.
+    view_presses = []
+    view.interactor.AddObserver(vtk.vtkCommand.LeftButtonPressEvent, lambda *_: view_presses.append("left"), 0.0)
+    view.interactor.AddObserver(vtk.vtkCommand.RightButtonPressEvent, lambda *_: view_presses.append("right"), 0.0)
+
+    spec = load_spec(make_model(tmp_path / "segmentation"))
+    node = logic.import_result(volume, tmp_path / "ai.nrrd", spec.labels, model=spec.summary(), show_3d=False)
+    panel = make_panel(layout_manager=LayoutManagerStandIn({"Red": view}), refine_model=REFINE_MODEL_DIR)
+    panel.set_segmentation(node)
+    ui = panel.ui
+    panel.ui.segmentEditorWidget.setSegmentationNode(node)
+    assert ui.lesionTable.rowCount() == 1
+
+    missed = ras_of(image, tuple(int(round(v)) for v in np.argwhere(spheres[1]).mean(axis=0)))
+    red.JumpSliceByCentering(*missed)
+    press(view, missed)  # the mode is off: the press is the view's
+    assert view_presses == ["left"] and not panel.clicks.busy
+    click(app, ui.clickFixButton)
+    assert ui.clickFixButton.isChecked() and "Shift+click" in prop(ui.clickFixStatusLabel, "text")
+
+    # A click on the missed lesion adds it, as the engine does on the same inputs.
+    clicked = press(view, missed)
+    assert view_presses == ["left"]
+    run_until(app, lambda: not panel.clicks.busy, timeout=180)
+    assert panel.dialogs.messages == []
+    assert "Added a lesion" in prop(ui.clickFixStatusLabel, "text")
+    expected = Refiner(REFINE_MODEL_DIR).refine(image, mask_image(spheres[0], image), add_points_ras=[clicked])
+    after_add = logic.labelmap_array(node)
+    assert np.array_equal(after_add, sitk.GetArrayFromImage(expected.labelmap))
+    assert ui.lesionTable.rowCount() == 2 and prop(ui.lesionSummaryLabel, "text").startswith("2 lesion(s)")
+    records = logic.click_records(node)
+    assert [r["kind"] for r in records] == ["add"] and records[0]["action"] == "added lesion"
+    assert np.allclose(records[0]["ras"], clicked, atol=1e-3)
+
+    # Undo (the Segment Editor's) reverts the click.
+    ui.segmentEditorWidget.undo()
+    assert np.array_equal(logic.labelmap_array(node) > 0, spheres[0])
+
+    # Shift+click removes the lesion under it; a right click too.
+    removed_at = ras_of(image, tuple(int(round(v)) for v in np.argwhere(spheres[0]).mean(axis=0)))
+    red.JumpSliceByCentering(*removed_at)
+    press(view, removed_at, shift=True)
+    run_until(app, lambda: not panel.clicks.busy, timeout=60)
+    assert not logic.labelmap_array(node).any() and "Removed a lesion" in prop(ui.clickFixStatusLabel, "text")
+    run_until(app, lambda: ui.lesionTable.rowCount() == 0, timeout=10)
+    ui.segmentEditorWidget.undo()
+    red.JumpSliceByCentering(*missed)
+    press(view, missed)
+    press(view, removed_at, button="right")  # queued: applied after the first, on its result
+    run_until(app, lambda: not panel.clicks.busy, timeout=60)
+    assert view_presses == ["left"]
+    labels = logic.labelmap_array(node) > 0
+    assert not labels[spheres[0]].any() and np.array_equal(labels, (after_add > 0) & ~spheres[0])  # the same add, then the removal
+    assert [r["kind"] for r in logic.click_records(node)] == ["add", "remove", "add", "remove"]
+
+    # The export's provenance counts the clicks and names the lesion a click added.
+    ui.datasetPathLineEdit.setCurrentPath(str(tmp_path / "dataset"))
+    click(app, ui.exportButton)
+    assert panel.dialogs.messages == []
+    case_id = next((tmp_path / "dataset" / "provenance").glob("*.json")).stem
+    provenance = json.loads((tmp_path / "dataset" / "provenance" / f"{case_id}.json").read_text())
+    clicks = provenance["clicks"]
+    assert (clicks["count"], clicks["add"], clicks["remove"]) == (4, 2, 2)
+    assert clicks["lesions_from_clicks"] == [1] and clicks["lesions"][0]["add_clicks"] == 2
+
+    # Turning the mode off gives the presses back to the view.
+    click(app, ui.clickFixButton)
+    press(view, missed)
+    assert view_presses == ["left", "left"] and not panel.clicks.busy
+
+
+def test_click_to_fix_needs_a_result_and_shows_one_message(app, make_panel, logic):
+    panel = make_panel(layout_manager=LayoutManagerStandIn({}))
+    panel.set_segmentation(None)
+    click(app, panel.ui.clickFixButton)
+    assert not panel.ui.clickFixButton.isChecked()
+    assert len(panel.dialogs.messages) == 1 and "Segment a volume first" in panel.dialogs.messages[0]

@@ -13,9 +13,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")  # engine.precision.REQUESTS (not imported: it loads torch)
 
 
-def add_device_option(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--device auto|cpu|cuda`` (auto: CUDA with mixed precision when present, else the CPU)."""
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
+    parser.add_argument("--device", default=default, choices=DEVICES, help=f"where to run (default: {default})")
 
 
 def add_precision_option(parser: argparse.ArgumentParser) -> None:

@@ -13,12 +13,12 @@ import os
 import sys
 
 from ..errors import Cancelled, SegmentLesionError
-from . import cohort, evaluate, export, models, segment, synthesize, train
+from . import cohort, evaluate, export, models, refine, segment, synthesize, train
 from .common import EXIT_CANCELLED, EXIT_ERROR
 
 logger = logging.getLogger("SegmentLesion")
 
-FAMILIES = (segment, cohort, export, train, evaluate, models, synthesize)
+FAMILIES = (segment, refine, cohort, export, train, evaluate, models, synthesize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     sleeping_openmp_threads()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(refine.join_point_values(list(sys.argv[1:] if argv is None else argv)))
     # Other libraries' INFO chatter stays hidden; our own messages show (debug ones with --verbose).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)

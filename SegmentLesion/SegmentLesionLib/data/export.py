@@ -37,6 +37,7 @@ from ..io.writers import write_seg_nrrd
 from ..models.spec import LESION_TERMINOLOGY, LabelInfo, ModelSpec, default_model_dir, load_spec
 from . import journal, layout
 from .case_ids import case_ids_on_disk, dicom_identity, dicom_modality, generate_case_id, validate_case_id
+from .clicks import click_records, summarise_clicks
 from .comparison import compare_labels, label_statistics
 from .journal import DatasetMeta
 from .labels import OVERLAP_RULES, LabelSource, format_name, label_on_image_grid, labels_dict, read_label
@@ -218,6 +219,7 @@ def prepare_export(
     dicom_series: str | os.PathLike | None = None,
     identity: Iterable[str] = (),
     overlap: str = "refuse",
+    clicks: Sequence[Mapping[str, Any]] | None = None,
 ) -> PreparedExport:
     """Read and check every input of an export and build its provenance; nothing is written.
 
@@ -256,6 +258,9 @@ def prepare_export(
     prepared = _prepare_labels(volume, label, ai_label, labels, overlap, spec.overlap_priority if spec else None)
     provenance, warnings = _build_provenance(prepared, volume, source, spec, labels, meta, report)
     provenance.case_id = case_id or ""
+    if clicks:
+        ai = prepared.get("ai_label")
+        provenance.clicks = summarise_clicks(click_records(clicks), prepared["label"][0], ai[0] if ai else None)
     dicom_segmentation = None
     if "dicom-seg" in extra_formats:
         from ..io.dicom_seg import build_dicom_seg
@@ -481,6 +486,7 @@ def export_case(
     dicom_series: str | os.PathLike | None = None,
     identity: Iterable[str] = (),
     overlap: str = "refuse",
+    clicks: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Add one corrected case to a training dataset (and optionally write other formats).
 
@@ -504,6 +510,8 @@ def export_case(
         identity: extra identity strings (patient name, ID...) the case ID must not contain.
         overlap: ``"refuse"`` overlapping segments of different labels, or ``"highest-label"`` wins, or ``"model"``:
             a region model's own label convention (the default for a sigmoid region model).
+        clicks: the "Click to fix" clicks applied to the case (``data.clicks.ClickRecord`` JSON objects): the
+            provenance counts them and names the lesions they added.
 
     Returns:
         A summary: ``case_id``, ``dataset``, ``files`` (absolute paths), ``extra_files``, ``replaced``,
@@ -530,5 +538,6 @@ def export_case(
         dicom_series=dicom_series,
         identity=identity,
         overlap=overlap,
+        clicks=clicks,
     )
     return commit_export(prepared)

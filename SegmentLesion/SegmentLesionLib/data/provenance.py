@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import InputError
 from ..io.files import read_json_object, sha256_file
 from ..models.spec import WEIGHTS_FILE, ModelSpec
+from .clicks import ClickSummary
 from .comparison import LabelComparison, LabelStatistics
 
 
@@ -170,10 +171,11 @@ class Provenance:
     ai_label: Optional[LabelRecord] = None
     ai_vs_corrected: Optional[LabelComparison] = None
     files: dict[str, FileRecord] = field(default_factory=dict)
+    clicks: Optional[ClickSummary] = None  # "Click to fix" clicks (only when the case was corrected with clicks)
 
     def to_json(self) -> dict[str, Any]:
-        """The record as design.md fixes it."""
-        return {
+        """The record as design.md fixes it (and ``clicks`` when clicks corrected the case)."""
+        data = {
             "case_id": self.case_id,
             "created": self.created,
             "model": self.model.to_json() if self.model else None,
@@ -187,6 +189,9 @@ class Provenance:
             "ai_vs_corrected": self.ai_vs_corrected.to_json() if self.ai_vs_corrected else None,
             "files": {role: record.to_json() for role, record in self.files.items()},
         }
+        if self.clicks is not None:
+            data["clicks"] = self.clicks.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Provenance:
@@ -205,6 +210,7 @@ class Provenance:
             return value or None
 
         model, inference, comparison, ai_label = part("model"), part("inference"), part("ai_vs_corrected"), part("ai_label")
+        clicks = part("clicks")
         files = part("files") or {}
         return cls(
             case_id=data["case_id"],
@@ -223,6 +229,7 @@ class Provenance:
                 for role, item in files.items()
                 if isinstance(item, Mapping)
             },
+            clicks=ClickSummary.from_json(clicks) if clicks else None,
         )
 
     @classmethod

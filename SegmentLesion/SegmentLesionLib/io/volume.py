@@ -375,9 +375,9 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool
     )
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write an image atomically (temporary name, then rename), with compression and no metadata."""
+def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = True, compress: bool = True) -> Path:
+    """Write an image atomically (temporary name, then rename), compressed unless told otherwise, with no metadata."""
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp, quiet_itk():
-        sitk.WriteImage(strip_metadata(image), str(tmp), useCompression=True)
+        sitk.WriteImage(strip_metadata(image), str(tmp), useCompression=compress)
     return path

@@ -27,6 +27,11 @@ from ..io.files import read_json_object, write_json
 from .bundle_config import BundleConfig, bundle_channels, read_bundle_config
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "SegmentLesionBrainMR"
+DEFAULT_REFINE_MODEL_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "SegmentLesionRefine"
+# What a click-refinement model's "interaction" block says (engine/refine.py): its input is the image channel(s),
+# then the current mask, then the positive and the negative click maps (balls of ``click_radius_mm``).
+CLICK_REFINEMENT = "click_refinement"
+REFINE_EXTRA_CHANNELS = ("mask", "positive clicks", "negative clicks")
 METADATA_FILE = Path("configs") / "metadata.json"
 INFERENCE_FILE = Path("configs") / "inference.json"
 WEIGHTS_FILE = Path("models") / "model.pt"
@@ -94,6 +99,9 @@ class ModelSpec:
     # False: the network always runs in float32 (no bf16 on CPUs, no fp16 on GPUs), whatever --precision says.
     allow_reduced_precision: bool = True
     brain_mask: str | None = None  # "deepbet": lesions only inside deepbet's brain mask (engine/brain_mask.py)
+    # Refinement models only: {"kind": "click_refinement", "image_channels": 1, "click_radius_mm": 3.0, ...};
+    # None for segmentation models. ``spacing`` and ``patch_size`` are then those of the crop around a click.
+    interaction: dict[str, Any] | None = None
     modality: str = "MR"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +148,11 @@ def channel_names_or_default(names: list[str], in_channels: int) -> list[str]:
 def default_model_dir() -> Path:
     """The bundled default model folder (overridable with the SEGMENT_LESION_MODEL environment variable)."""
     return Path(os.environ.get("SEGMENT_LESION_MODEL", DEFAULT_MODEL_DIR))
+
+
+def default_refine_model_dir() -> Path:
+    """The bundled click-refinement model folder (overridable with the SEGMENT_LESION_REFINE_MODEL environment variable)."""
+    return Path(os.environ.get("SEGMENT_LESION_REFINE_MODEL", DEFAULT_REFINE_MODEL_DIR))
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -295,6 +308,8 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
     if not isinstance(spec.allow_reduced_precision, bool):
         raise ModelError(f"{where}: allow_reduced_precision must be true or false")
+    if spec.interaction is not None:
+        _validate_interaction(spec, where)
 
 
 def _validate_channels(spec: ModelSpec, where: str) -> None:
@@ -316,6 +331,26 @@ def _validate_channels(spec: ModelSpec, where: str) -> None:
             raise ModelError(f"{where}: overlap_priority is for sigmoid region models (regions may overlap); this model is softmax")
         if not isinstance(priority, list) or sorted(priority) != sorted(label.value for label in spec.labels):
             raise ModelError(f"{where}: overlap_priority must list each label value once, e.g. {[label.value for label in spec.labels]}")
+
+
+def _validate_interaction(spec: ModelSpec, where: str) -> None:
+    """A refinement model's block: its kind, and input channels = image channels + mask + two click maps."""
+    block = spec.interaction
+    if not isinstance(block, dict) or block.get("kind") != CLICK_REFINEMENT:
+        raise ModelError(f"{where}: interaction: only kind {CLICK_REFINEMENT!r} is supported")
+    images = block.get("image_channels", 1)
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ModelError(f"{where}: interaction: image_channels must be a positive whole number")
+    if spec.in_channels != images + len(REFINE_EXTRA_CHANNELS):
+        raise ModelError(
+            f"{where}: a refinement model with {images} image channel(s) takes {images + len(REFINE_EXTRA_CHANNELS)} input "
+            f"channels (image, {', '.join(REFINE_EXTRA_CHANNELS)}), not {spec.in_channels}"
+        )
+    radius = block.get("click_radius_mm", 3.0)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
+        raise ModelError(f"{where}: interaction: click_radius_mm must be a positive number of millimetres")
+    if spec.spacing is None:
+        raise ModelError(f"{where}: a refinement model needs a spacing (its crop's voxel size in mm)")
 
 
 def _spec_from_model_zoo(metadata: dict[str, Any], inference: dict[str, Any], folder: Path) -> ModelSpec:
@@ -409,6 +444,19 @@ def _bundle_labels(names: dict[int, str], activation: str, bundle: BundleConfig,
     return [{"value": c + 1, "name": names.get(c, f"channel {c}")} for c in range(out_channels)]
 
 
+def _written_channel_def(spec: ModelSpec) -> dict[str, str]:
+    """The input channels of the bundle metadata: the model's channels, and for a refinement model the image
+    channel(s) followed by the mask and click maps."""
+    if spec.interaction is None:
+        names = spec.input_channels()
+    elif spec.channel_names:
+        names = list(spec.channel_names)
+    else:
+        images = spec.in_channels - len(REFINE_EXTRA_CHANNELS)
+        names = [*channel_names_or_default([], images), *REFINE_EXTRA_CHANNELS]
+    return {str(index): name for index, name in enumerate(names)}
+
+
 def write_config_files(folder: Path, spec: ModelSpec, extra_metadata: dict[str, Any] | None = None) -> None:
     """Write configs/metadata.json and configs/inference.json for ``spec`` into ``folder``."""
     import platform
@@ -448,7 +496,7 @@ def write_config_files(folder: Path, spec: ModelSpec, extra_metadata: dict[str, 
                     "dtype": "float32",
                     "value_range": [],
                     "is_patch_data": True,
-                    "channel_def": {str(index): name for index, name in enumerate(spec.input_channels())},
+                    "channel_def": _written_channel_def(spec),
                 }
             },
             "outputs": {

@@ -13,10 +13,10 @@ import time
 from typing import Any, Optional
 
 from ..errors import SegmentLesionError
-from .messages import ControlRequest, Event, ExitEvent, SegmentRequest, parse_event
+from .messages import ControlRequest, Event, ExitEvent, RefineRequest, SegmentRequest, parse_event
 from .process import JsonLinesProcess
 
-FINAL_EVENTS = ("done", "cancelled", "error", "exit")
+FINAL_EVENTS = ("done", "refined", "cancelled", "error", "exit")
 
 
 class WorkerStopped(SegmentLesionError):
@@ -49,7 +49,7 @@ class WorkerClient(JsonLinesProcess):
         self._next_id = 0
 
     # -- requests
-    def send(self, request: SegmentRequest | ControlRequest) -> None:
+    def send(self, request: SegmentRequest | RefineRequest | ControlRequest) -> None:
         """Write one request line; WorkerStopped when the worker is gone."""
         if self.process.poll() is not None or self.process.stdin is None:
             raise WorkerStopped(f"the segmentation worker is not running (exit code {self.process.returncode})")
@@ -80,6 +80,26 @@ class WorkerClient(JsonLinesProcess):
         request.inputs = [str(path) for path in inputs or []] if inputs and len(inputs) > 1 else []
         request.regions = str(regions_folder) if regions_folder else None
         self.send(request)
+        return job_id
+
+    def refine(
+        self,
+        image_path: Any,
+        mask_path: Any,
+        output_path: Any,
+        clicks: list[tuple[str, tuple[float, float, float]]],
+        model_dir: Any = None,
+        label_value: Optional[int] = None,
+    ) -> str:
+        """Queue a refinement (clicks as ``(kind, (r, a, s))``, kind ``add`` or ``remove``); returns its request id.
+
+        The refinement model (the bundled one when ``model_dir`` is None) is loaded by the first such request and
+        stays loaded; the image is kept between requests on the same file, so later clicks skip reading it.
+        """
+        self._next_id += 1
+        job_id = str(self._next_id)
+        model = str(model_dir) if model_dir else None
+        self.send(RefineRequest(job_id, str(image_path), str(mask_path), str(output_path), list(clicks), model, label_value))
         return job_id
 
     def cancel(self, job_id: str) -> None:

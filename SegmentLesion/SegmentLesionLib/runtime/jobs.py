@@ -23,7 +23,18 @@ from typing import Any, Optional
 from ..errors import SegmentLesionError
 from ..models.spec import LabelInfo
 from .client import WorkerClient
-from .messages import CancelledEvent, DoneEvent, ErrorEvent, Event, ExitEvent, PausedEvent, ProgressEvent, ReadyEvent, region_path
+from .messages import (
+    CancelledEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    ExitEvent,
+    PausedEvent,
+    ProgressEvent,
+    ReadyEvent,
+    RefinedEvent,
+    region_path,
+)
 from .process import JsonLinesProcess
 
 logger = logging.getLogger("SegmentLesion")
@@ -100,6 +111,22 @@ class SegmentationJob:
     def fraction(self) -> float:
         """Progress in [0, 1] within the current stage."""
         return self.done / self.total if self.total else 0.0
+
+
+@dataclass
+class RefineJob(SegmentationJob):
+    """Clicks on a segmentation sent to the worker: the volume's file (kept between clicks), the mask written for
+    this request, and what came back (each click's outcome, the box of changed voxels)."""
+
+    image_path: Optional[Path] = None
+    clicks: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
+    label_value: Optional[int] = None
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    changed_box: Optional[list[int]] = None
+
+    @property
+    def mask_path(self) -> Path:
+        return self.folder / "mask.nrrd"
 
 
 @dataclass
@@ -200,6 +227,34 @@ class SegmentationWorker:
         self.jobs[job.id] = job
         return job
 
+    def new_refine_job(
+        self, volume_node_id: str, image_path: Path, clicks: list[tuple[str, tuple[float, float, float]]], label_value: Optional[int] = None
+    ) -> RefineJob:
+        """A refinement job with its own temporary folder (the caller writes ``job.mask_path`` before ``submit_refine``)."""
+        folder = Path(tempfile.mkdtemp(prefix="SegmentLesion-refine-", dir=self.temp_root))
+        return RefineJob(
+            id="",
+            volume_node_id=volume_node_id,
+            folder=folder,
+            options={},
+            image_path=Path(image_path),
+            clicks=list(clicks),
+            label_value=label_value,
+        )
+
+    def submit_refine(self, job: RefineJob, model_dir: str | Path | None, device: str, refine_model: str | Path | None = None) -> RefineJob:
+        """Send a refinement job to the worker of this (segmentation) model and device, started when needed.
+
+        Raises:
+            client.WorkerStopped: the worker died just now (the next submit starts a new one).
+        """
+        client = self.ensure(model_dir, device)
+        job.stage = "refining"
+        job.id = client.refine(job.image_path, job.mask_path, job.output_path, job.clicks, refine_model, job.label_value)
+        job.started = time.monotonic()
+        self.jobs[job.id] = job
+        return job
+
     def cancel(self, job: SegmentationJob) -> None:
         """Stop a job: it is marked cancelled at once, and whatever the worker still sends for it is ignored."""
         if job.state.finished:
@@ -252,6 +307,14 @@ class SegmentationWorker:
                 return [JobEvent("paused", job)]
             job.done, job.total, job.stage = event.done, event.total, event.stage
             return [JobEvent("progress", job)]
+        if isinstance(event, RefinedEvent) and isinstance(job, RefineJob):
+            if job.state.finished:  # cancelled meanwhile: the result is not wanted
+                self.finish(job)
+                return []
+            job.state = JobState.DONE
+            job.seconds = event.seconds
+            job.outcomes, job.changed_box = list(event.outcomes), event.changed_box
+            return [JobEvent("done", job)]
         if isinstance(event, DoneEvent):
             if job.state.finished:  # cancelled meanwhile: the result is not wanted
                 self.finish(job)

@@ -8,6 +8,9 @@ Each record has ``to_json()`` (the dict written as one JSON line) and ``from_jso
      "inputs": ["/tmp/t1c.nrrd", "/tmp/flair.nrrd"] (optional: one volume per input channel, in the model's order;
      "input" is then the first), "regions": "/tmp/job" (optional: the folder where a region model writes
      each region's mask as region_<label value>.nrrd)}
+    {"command": "refine", "id": "8", "image": "/tmp/volume.nrrd", "mask": "/tmp/mask.nrrd", "output": "/tmp/fixed.nrrd",
+     "clicks": [{"kind": "add", "ras": [-12.5, 30.0, 4.0]}, {"kind": "remove", "ras": [...]}],
+     "model": "/path/to/refinement/model" (optional: the bundled one), "label_value": 1 (optional)}
     {"command": "cancel", "id": "7"}
     {"command": "pause"}     hold every request at its next window batch until "resume"
     {"command": "resume"}
@@ -18,6 +21,8 @@ Each record has ``to_json()`` (the dict written as one JSON line) and ``from_jso
     {"event": "progress", "id": "7", "done": 3, "total": 12, "stage": "inference"}
     {"event": "paused", "id": "7"}     request 7 waits for "resume" (or "cancel")
     {"event": "done", "id": "7", "output": ..., "report": ..., "lesions": 2, "seconds": 4.1}
+    {"event": "refined", "id": "8", "output": ..., "seconds": 0.2, "outcomes": [{"kind", "ras", "action",
+     "voxels_added", "voxels_removed", "lesion_voxels"}], "changed_box": [k0, k1, j0, j1, i0, i1] or null}
     {"event": "cancelled", "id": "7"}
     {"event": "error", "id": "7" or null, "message": "..."}
     {"event": "pong"}
@@ -35,6 +40,7 @@ from ..errors import SegmentLesionError
 from ..models.spec import LabelInfo
 
 CONTROL_COMMANDS = ("cancel", "pause", "resume", "ping", "shutdown")
+CLICK_KINDS = ("add", "remove")
 
 
 class ProtocolError(SegmentLesionError):
@@ -111,6 +117,59 @@ def region_path(folder: str | Path, value: int) -> Path:
 
 
 @dataclass
+class RefineRequest:
+    """Apply clicks to the mask of ``image`` with a refinement model; write the corrected labelmap to ``output``.
+
+    ``clicks`` are ``(kind, (r, a, s))`` pairs in order, ``kind`` being ``add`` or ``remove`` and the point in RAS mm.
+    """
+
+    id: str
+    image: str
+    mask: str
+    output: str
+    clicks: list[tuple[str, tuple[float, float, float]]]
+    model: Optional[str] = None
+    label_value: Optional[int] = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"command": "refine", "id": self.id, "image": self.image, "mask": self.mask, "output": self.output}
+        data["clicks"] = [{"kind": kind, "ras": [float(v) for v in ras]} for kind, ras in self.clicks]
+        if self.model:
+            data["model"] = self.model
+        if self.label_value is not None:
+            data["label_value"] = int(self.label_value)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RefineRequest:
+        what = "refine request"
+        raw = data.get("clicks")
+        if not isinstance(raw, list) or not raw:
+            raise ProtocolError(f"malformed {what} ('clicks' must be a non-empty list)")
+        clicks = []
+        for item in raw:
+            try:
+                kind, ras = item["kind"], tuple(float(v) for v in item["ras"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"malformed {what} (a click needs 'kind' and three 'ras' numbers)") from exc
+            if kind not in CLICK_KINDS or len(ras) != 3:
+                raise ProtocolError(f"malformed {what} (click kind must be add or remove, with three 'ras' numbers)")
+            clicks.append((str(kind), ras))
+        label = data.get("label_value")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 1):
+            raise ProtocolError(f"malformed {what} ('label_value' must be a positive whole number)")
+        return cls(
+            id=_text(data, "id", what),
+            image=_text(data, "image", what),
+            mask=_text(data, "mask", what),
+            output=_text(data, "output", what),
+            clicks=clicks,  # type: ignore[arg-type]
+            model=_optional_text(data, "model"),
+            label_value=label,
+        )
+
+
+@dataclass
 class ControlRequest:
     """``cancel`` (with the id of a request), ``pause``, ``resume``, ``ping`` or ``shutdown``."""
 
@@ -121,7 +180,7 @@ class ControlRequest:
         return {"command": self.command} if self.id is None else {"command": self.command, "id": self.id}
 
 
-Request = Union[SegmentRequest, ControlRequest]
+Request = Union[SegmentRequest, RefineRequest, ControlRequest]
 
 
 def parse_request(data: dict[str, Any]) -> Request:
@@ -129,6 +188,8 @@ def parse_request(data: dict[str, Any]) -> Request:
     command = data.get("command")
     if command == "segment":
         return SegmentRequest.from_json(data)
+    if command == "refine":
+        return RefineRequest.from_json(data)
     if command in CONTROL_COMMANDS:
         return ControlRequest(str(command), _id(data))
     raise ProtocolError(f"unknown command {command!r}")
@@ -230,6 +291,32 @@ class DoneEvent:
 
 
 @dataclass
+class RefinedEvent:
+    """A refine request's corrected labelmap is written: what each click did, and the box of changed voxels."""
+
+    event: ClassVar[str] = "refined"
+    id: str
+    output: str
+    seconds: float
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    changed_box: Optional[list[int]] = None  # [k0, k1, j0, j1, i0, i1], stops excluded; None when nothing changed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RefinedEvent:
+        box = data.get("changed_box")
+        return cls(
+            str(data.get("id")),
+            str(data.get("output", "")),
+            float(data.get("seconds", 0.0)),
+            [dict(item) for item in data.get("outcomes") or []],
+            None if box is None else [int(v) for v in box],
+        )
+
+
+@dataclass
 class ErrorEvent:
     """A request failed (``id``), or the worker itself could not start or read a request (``id`` None)."""
 
@@ -275,9 +362,10 @@ class ExitEvent:
         return cls(None if code is None else int(code))
 
 
-Event = Union[ReadyEvent, ProgressEvent, PausedEvent, DoneEvent, CancelledEvent, ErrorEvent, PongEvent, ExitEvent]
+Event = Union[ReadyEvent, ProgressEvent, PausedEvent, DoneEvent, RefinedEvent, CancelledEvent, ErrorEvent, PongEvent, ExitEvent]
 EVENTS: dict[str, Any] = {
-    cls.event: cls for cls in (ReadyEvent, ProgressEvent, PausedEvent, DoneEvent, CancelledEvent, ErrorEvent, PongEvent, ExitEvent)
+    cls.event: cls
+    for cls in (ReadyEvent, ProgressEvent, PausedEvent, DoneEvent, RefinedEvent, CancelledEvent, ErrorEvent, PongEvent, ExitEvent)
 }
 
 

@@ -1,5 +1,8 @@
 """The persistent segmentation worker: one process loads the model once and serves many requests.
 
+``refine`` requests (click to fix) use a refinement model, loaded by the first one and kept (warm); the last image
+a refinement read is kept too, with its intensity statistics, while its file is unchanged.
+
 It reads requests (``messages``) as JSON lines on stdin and writes events as JSON lines on stdout; everything
 else it prints goes to stderr. Requests run one at a time, in order; ``cancel`` and ``pause`` are honoured
 between two window batches of the running request. ``client.WorkerClient`` is the other end.
@@ -26,6 +29,8 @@ from .messages import (
     ProgressEvent,
     ProtocolError,
     ReadyEvent,
+    RefinedEvent,
+    RefineRequest,
     SegmentRequest,
     parse_request,
     region_path,
@@ -68,7 +73,9 @@ class WorkerServer:
     def __init__(self, segmenter: Any, channel: JsonLinesWriter) -> None:
         self.segmenter = segmenter
         self.channel = channel
-        self.requests: queue.Queue[Optional[SegmentRequest]] = queue.Queue()
+        self.requests: queue.Queue[Optional[SegmentRequest | RefineRequest]] = queue.Queue()
+        self.refiners: dict[str, Any] = {}  # refinement model folder -> engine.refine.Refiner, loaded once
+        self.image_cache: Optional[tuple[tuple, Any]] = None  # (file identity, engine.refine.PreparedImage)
         self.condition = threading.Condition()  # guards the three fields below
         self.cancelled: set[str] = set()
         self.paused = False
@@ -94,7 +101,7 @@ class WorkerServer:
         except ProtocolError as exc:
             self.channel.send(ErrorEvent(None if data is None or data.get("id") is None else str(data["id"]), str(exc)))
             return True
-        if isinstance(request, SegmentRequest):
+        if isinstance(request, (SegmentRequest, RefineRequest)):
             self.requests.put(request)
             return True
         return self.control(request)
@@ -128,7 +135,10 @@ class WorkerServer:
             if request is None:
                 return 0
             try:
-                self.segment(request)
+                if isinstance(request, RefineRequest):
+                    self.refine(request)
+                else:
+                    self.segment(request)
             finally:
                 with self.condition:
                     self.cancelled.discard(request.id)
@@ -180,6 +190,83 @@ class WorkerServer:
         else:
             seconds = round(time.perf_counter() - start, 3)
             self.channel.send(DoneEvent(request.id, request.output, str(report), lesions, seconds))
+
+    def refine(self, request: RefineRequest) -> None:
+        """Run one refine request and send its last event (refined, cancelled or error); nothing is written on error."""
+        from ..errors import SegmentLesionError
+
+        if self.is_cancelled(request.id):
+            self.channel.send(CancelledEvent(request.id))
+            return
+        start = time.perf_counter()
+        try:
+            result = self._refiner(request.model).refine_clicks(
+                self._prepared_image(request.image), _read_mask(request.mask), _clicks(request), request.label_value
+            )
+            _write_refined(result.labelmap, request.output)
+        except SegmentLesionError as exc:
+            self.channel.send(ErrorEvent(request.id, str(exc)))
+        except Exception as exc:  # report, keep serving
+            logger.exception("refinement failed")
+            self.channel.send(ErrorEvent(request.id, f"{type(exc).__name__}: {exc}"))
+        else:
+            box = None if result.changed_box is None else [int(v) for s in result.changed_box for v in (s.start, s.stop)]
+            outcomes = [outcome.to_json() for outcome in result.outcomes]
+            self.channel.send(RefinedEvent(request.id, request.output, round(time.perf_counter() - start, 4), outcomes, box))
+
+    def _refiner(self, model_dir: Optional[str]) -> Any:
+        """The refinement model of a folder (the bundled one for None), loaded on first use."""
+        from ..engine.refine import Refiner
+        from ..models.spec import default_refine_model_dir
+
+        key = str(Path(model_dir).resolve()) if model_dir else str(default_refine_model_dir())
+        if key not in self.refiners:
+            device = "cuda" if self.segmenter.device.type == "cuda" else "cpu"
+            self.refiners[key] = Refiner(key, device)
+        return self.refiners[key]
+
+    def _prepared_image(self, path: str) -> Any:
+        """The image of a file with its statistics, read again only when the file changed."""
+        import os
+
+        from ..engine.refine import PreparedImage
+        from ..errors import InputError
+        from ..io.volume import read_volume
+
+        try:
+            status = os.stat(path)
+        except OSError as exc:
+            raise InputError(f"{path}: no such file or folder") from exc
+        identity = (str(Path(path).resolve()), status.st_mtime_ns, status.st_size)
+        if self.image_cache is None or self.image_cache[0] != identity:
+            self.image_cache = None  # the previous image goes before the next one is read
+            self.image_cache = (identity, PreparedImage.of(read_volume(path), path))
+        return self.image_cache[1]
+
+
+def _read_mask(path: str) -> Any:
+    from ..io.volume import read_labelmap
+
+    return read_labelmap(path)
+
+
+def _clicks(request: RefineRequest) -> list[Any]:
+    from ..engine.refine import Click
+
+    return [Click(kind, tuple(ras)) for kind, ras in request.clicks]
+
+
+def _write_refined(labelmap: Any, output: str) -> None:
+    """The corrected labelmap for the client, uncompressed (a temporary exchange file: speed over size)."""
+    from ..errors import InputError
+    from ..io.files import file_extension
+    from ..io.volume import write_image
+    from ..io.writers import check_output_path
+
+    check_output_path(output)
+    if file_extension(output) == ".seg.nrrd":
+        raise InputError(f"{output}: a refine request writes a plain labelmap (.nrrd, .nii.gz, .mha), not a .seg.nrrd")
+    write_image(labelmap, output, compress=False)
 
 
 def _write_outputs(result: Any, request: SegmentRequest, segmenter: Any) -> Path:

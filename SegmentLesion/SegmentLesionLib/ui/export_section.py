@@ -95,6 +95,7 @@ class ExportSection:
                 case_id=str(prop(self.ui.caseIdLineEdit, "text")).strip() or None,
                 model=model_folder,
                 report={"model": model, "settings": self.logic.settings(node)},
+                clicks=self.logic.click_records(node),
             )
             self.context.settings.setValue(DATASET_FOLDER_KEY, folder)
             self.ui.exportSummaryLabel.setText(result.get("message", f"Exported {result.get('case_id')}."))

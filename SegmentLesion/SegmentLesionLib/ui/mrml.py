@@ -20,16 +20,17 @@ from typing import Any, Sequence
 import slicer
 
 from ..errors import InputError, SegmentLesionError
-from ..runtime.jobs import JobEvent, JobState, SegmentationJob, SegmentationWorker
+from ..runtime.jobs import JobEvent, JobState, RefineJob, SegmentationJob, SegmentationWorker
 from . import labelmaps
 from .geometry import volume_array, volume_image
 from .lesions import LesionReview
+from .refinement import ClickRefinement
 from .results import SceneResults
 
 logger = logging.getLogger("SegmentLesion")
 
 
-class LesionSegmentationLogic(SceneResults, LesionReview):
+class LesionSegmentationLogic(SceneResults, LesionReview, ClickRefinement):
     """Segment volume nodes in the background and manage the results in a MRML scene.
 
     Args:
@@ -49,6 +50,7 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
     ) -> None:
         SceneResults.__init__(self, scene)
         LesionReview.__init__(self)
+        ClickRefinement.__init__(self)
         if segmentations_logic is None:
             segmentations_logic = new_segmentations_logic(scene)
         # Kept as an attribute: VTK holds module logics weakly, and the converters live with it.
@@ -94,10 +96,14 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
             raise
 
     def poll(self) -> list[JobEvent]:
-        """Handle the worker's events; finished results are imported into the scene here (call on the UI thread)."""
+        """Handle the worker's events; finished results are imported into the scene here (call on the UI thread).
+
+        A finished click (``RefineJob``) is returned as it is: its caller applies it (``apply_refined``) once it has
+        saved the Segment Editor's undo state.
+        """
         events = []
         for event in self.worker.poll():
-            if event.kind == "done" and event.job is not None:
+            if event.kind == "done" and event.job is not None and not isinstance(event.job, RefineJob):
                 event = self._import_job(event.job)
             events.append(event)
         return events
@@ -133,6 +139,7 @@ class LesionSegmentationLogic(SceneResults, LesionReview):
         """Stop the worker process and every observation."""
         self.worker.stop()
         self.stop_all_observations()
+        self.forget_click_files()
 
     @staticmethod
     def write_volume(volume_node: slicer.vtkMRMLVolumeNode, path: str | Path) -> Path:

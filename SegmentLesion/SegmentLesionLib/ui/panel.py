@@ -5,7 +5,8 @@ attributes are the widgets by object name), a ``qt`` namespace (``QTimer``, ``QT
 ``LesionSegmentationLogic`` and a few callables for what differs between Slicer and a test: how an error is
 shown (Slicer: ``slicer.util.tryWithErrorDisplay``), how a question is asked, how a folder is chosen. It wires
 one controller per section of the panel: ``models`` (Inputs), ``segment``, ``lesions`` (Lesions and Correct),
-``export``, ``retrain`` and ``promotion`` (Retrain), and polls their background work from one timer.
+``clicks`` (Click to fix, in Correct), ``export``, ``retrain`` and ``promotion`` (Retrain), and polls their background
+work from one timer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import ModelError
 from ..learning.registry import default_registry_path
 from ..models.spec import load_spec
 from .channels_section import ChannelsSection
+from .click_fix_section import ClickFixSection
 from .export_section import ExportSection
 from .lesions_section import LesionsSection
 from .model_section import ModelSection
@@ -52,6 +54,9 @@ class SegmentLesionPanel:
             installs into (default: ``registry.default_registry_path()``).
         volume_selector: makes one more volume selector on the scene, for models with several input channels
             (Slicer: a ``qMRMLNodeComboBox`` of scalar volumes; None: one input channel only).
+        layout_manager: the layout manager whose slice views take "Click to fix" clicks
+            (Slicer: ``slicer.app.layoutManager()``).
+        refine_model: the click-refinement model folder (default: the bundled one).
     """
 
     def __init__(
@@ -70,6 +75,8 @@ class SegmentLesionPanel:
         on_result: Callable[[Any], None] | None = None,
         registry: str | os.PathLike | None = None,
         volume_selector: Callable[[], Any] | None = None,
+        layout_manager: Any = None,
+        refine_model: str | os.PathLike | None = None,
     ) -> None:
         self.ui = ui
         self.logic = logic
@@ -97,6 +104,17 @@ class SegmentLesionPanel:
         self.channels = ChannelsSection(self.context, volume_selector)
         self.segment = SegmentSection(self.context, logic, self.models, ask, self._segmented, self.channels)
         self.export = ExportSection(self.context, logic, self.models, lambda: self.lesions.segmentation_node)
+        self.clicks = ClickFixSection(
+            self.context,
+            logic,
+            self.models,
+            lambda: self.lesions.segmentation_node,
+            self.lesions.refresh_table,
+            lambda: self._polling_if(True),
+            layout_manager,
+            str(refine_model) if refine_model else None,
+        )
+        self.segment.forward = self.clicks.handle
         self.promotion = PromotionSection(self.context, self.models, self.export.dataset_folder, python, registry_path)
         self.retrain = RetrainSection(self.context, self.models, self.export.dataset_folder, python, self.compare_with_active)
         self.timer = qt.QTimer()
@@ -182,12 +200,13 @@ class SegmentLesionPanel:
         self.retrain.poll()
         self.promotion.poll()
         self.models.poll()
-        if not (self.segment.busy or self.retrain.busy or self.promotion.busy or self.models.busy):
+        if not (self.segment.busy or self.clicks.busy or self.retrain.busy or self.promotion.busy or self.models.busy):
             self.timer.stop()
 
     def cleanup(self) -> None:
         """Stop timers, observations and background processes (the logic's worker belongs to the logic)."""
         self.timer.stop()
+        self.clicks.cleanup()
         self.lesions.cleanup()
         self.retrain.cleanup()
         self.promotion.cancel()

@@ -44,6 +44,7 @@ class SegmentSection:
         self.ask = ask
         self.on_done = on_done
         self.job: Optional[SegmentationJob] = None
+        self.forward: Optional[Callable[[JobEvent], None]] = None  # gets the events of other jobs (the clicks')
         self.ui.segmentButton.clicked.connect(lambda *_: self.on_segment_clicked())
 
     @property
@@ -125,7 +126,9 @@ class SegmentSection:
                 self.set_status(f"Segmenting with {event.message}...")
             return
         if event.job is None or event.job is not self.job:
-            return  # a job the user already cancelled
+            if event.job is not None and self.forward is not None:
+                self.forward(event)  # another section's job (a click)
+            return  # else a job the user already cancelled
         job = event.job
         if event.kind == "progress":
             self.ui.progressBar.setValue(int(round(100 * job.fraction)))
