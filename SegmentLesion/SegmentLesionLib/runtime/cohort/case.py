@@ -174,9 +174,8 @@ class CohortWorker:
             max_voxels=settings.max_voxels,
             brain_mask=settings.brain_mask,
         )
-        if len(task.case.inputs) != 1:  # refused when the run is planned; here for callers of the worker itself
-            raise InputError(f"{spec.name} takes {len(task.case.inputs)} input channels: the engine segments one-channel models only")
-        result = self.segmenter.segment_file(task.case.inputs[0].path, options)
+        paths = [item.path for item in task.case.inputs]  # in the model's channel order (the manifest's columns)
+        result = self.segmenter.segment_files(paths, options)  # one path: exactly segment_file, as `segment` runs it
         segmented = time.perf_counter()
         outputs = task.layout.outputs(task.case.case_id)
         # The same writers, in the same order, as `segment-lesion segment`.
@@ -190,15 +189,18 @@ class CohortWorker:
             status=CaseStatus.OK,
             key=task.key,
             model=task.model,
-            measurements=self._measure(result),
+            measurements=self._measure(result, channels_moved=_channels_moved(paths)),
             outputs={name: OutputFile(path.relative_to(task.layout.root).as_posix(), sha256_file(path)) for name, path in outputs.items()},
             timings=timings,
             worker=self.info,
             finished=utc_timestamp(),
         )
 
-    def _measure(self, result: Any) -> CaseMeasurements:
-        """The table's figures of a case, from its labelmap and lesion report (on the input's own grid)."""
+    def _measure(self, result: Any, channels_moved: bool = False) -> CaseMeasurements:
+        """The table's figures of a case, from its labelmap and lesion report (on the input's own grid).
+
+        ``channels_moved``: a channel was resampled onto the first one's grid (also flagged as inputs resampled).
+        """
         import SimpleITK as sitk
 
         from ...engine import preprocess
@@ -219,7 +221,26 @@ class CohortWorker:
             largest_lesion_ml=None if largest is None else largest.volume_ml,
             largest_lesion_diameter_mm=None if largest is None else largest.max_diameter_mm,
             burden_fraction=round(float(np.count_nonzero(labels)) / max(labels.size, 1), 6),
-            inputs_resampled=not exact,
+            inputs_resampled=channels_moved or not exact,
             input_size=list(result.report.input_size),
             input_spacing=list(result.report.input_spacing),
         )
+
+
+def _channels_moved(paths: list) -> bool:
+    """Whether any channel's file is on another grid than the first's (the engine then resamples it)."""
+    from ...io.volume import read_header
+
+    if len(paths) < 2:
+        return False
+    headers = [read_header(path) for path in paths]
+    if any(header is None for header in headers):  # a DICOM folder: its grid is known only once read
+        return True
+    first = headers[0]
+    return any(
+        header.size != first.size
+        or not np.allclose(header.spacing, first.spacing, atol=1e-6)
+        or not np.allclose(header.origin, first.origin, atol=1e-4)
+        or not np.allclose(header.direction, first.direction, atol=1e-6)
+        for header in headers[1:]
+    )

@@ -85,8 +85,6 @@ def plan_tasks(request: CohortRequest) -> tuple[list[CaseTask], list[CaseTask], 
         raise InputError(f"{request.output}: not a folder (the cohort's output is a folder)")
     model_dir = (Path(request.model_dir) if request.model_dir else default_model_dir()).absolute()
     spec = load_spec(model_dir)
-    if spec.in_channels > 1:
-        raise InputError(f"{spec.name} takes {spec.in_channels} input channels: the engine segments one-channel models only")
     model = model_identity(model_dir)
     cases = read_manifest(request.manifest, model_channels(spec.in_channels, spec.channel_names), exclude=request.output)
     layout = CohortLayout(request.output.absolute(), settings.format)  # absolute: workers have their own working directory
