@@ -46,6 +46,12 @@ class VolumeHeader:
     direction: tuple[float, ...]
     components: int
 
+    def same_grid(self, other: VolumeHeader, tolerance: float = 1e-4) -> bool:
+        """True when both headers describe the same grid (``same_geometry``'s rule, for files not yet read)."""
+        return _grids_match(
+            (self.size, self.origin, self.spacing, self.direction), (other.size, other.origin, other.spacing, other.direction), tolerance
+        )
+
     @property
     def voxels(self) -> int:
         """The number of voxels the file holds."""
@@ -367,12 +373,16 @@ def strip_metadata(image: sitk.Image) -> sitk.Image:
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     """True when both images have the same size and, within ``tolerance``, origin, spacing and direction."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    return _grids_match(
+        (a.GetSize(), a.GetOrigin(), a.GetSpacing(), a.GetDirection()),
+        (b.GetSize(), b.GetOrigin(), b.GetSpacing(), b.GetDirection()),
+        tolerance,
     )
+
+
+def _grids_match(a: tuple, b: tuple, tolerance: float) -> bool:
+    """(size, origin, spacing, direction) tuples: equal sizes, the rest equal within ``tolerance``."""
+    return tuple(a[0]) == tuple(b[0]) and all(np.allclose(x, y, atol=tolerance) for x, y in zip(a[1:], b[1:]))
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = True, compress: bool = True) -> Path:

@@ -236,11 +236,4 @@ def _channels_moved(paths: list) -> bool:
     headers = [read_header(path) for path in paths]
     if any(header is None for header in headers):  # a DICOM folder: its grid is known only once read
         return True
-    first = headers[0]
-    return any(
-        header.size != first.size
-        or not np.allclose(header.spacing, first.spacing, atol=1e-6)
-        or not np.allclose(header.origin, first.origin, atol=1e-4)
-        or not np.allclose(header.direction, first.direction, atol=1e-6)
-        for header in headers[1:]
-    )
+    return any(not header.same_grid(headers[0]) for header in headers[1:])  # the engine's own rule (same_geometry)
