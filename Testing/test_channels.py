@@ -249,6 +249,74 @@ def test_cli_single_channel_model_keeps_its_plain_form_and_refuses_two_names(mod
 
 
 # --- datasets: export, train and evaluate with several channels ----------------------------------------------
+def test_nnunet_labels_renumber_to_consecutive_values_and_nest_regions():
+    from SegmentLesionLib.data.labels import nnunet_labels
+    from SegmentLesionLib.models.spec import LabelInfo
+
+    plain = nnunet_labels([LabelInfo(1, "lesion", [1, 0, 0])])
+    assert plain.labels == {"background": 0, "lesion": 1} and not plain.remaps and plain.regions_class_order is None
+    gap = nnunet_labels([LabelInfo(3, "oedema", [1, 0, 0]), LabelInfo(1, "core", [0, 1, 0])])
+    assert gap.labels == {"background": 0, "core": 1, "oedema": 2} and gap.file_values == {1: 1, 3: 2} and gap.remaps
+    brats = [LabelInfo(1, "TC", [1, 0, 0]), LabelInfo(2, "WT", [0, 1, 0]), LabelInfo(4, "ET", [0, 0, 1])]
+    nested = nnunet_labels(brats, regions=True, priority=[4, 1, 2])
+    assert nested.labels == {"background": 0, "WT": [1, 2, 3], "TC": [2, 3], "ET": [3]} and nested.regions_class_order == [1, 2, 3]
+    assert nested.file_values == {2: 1, 1: 2, 4: 3}
+    with pytest.raises(ModelError, match="must list each label value"):
+        nnunet_labels(brats, regions=True, priority=[4, 1])
+    with pytest.raises(ModelError, match="used twice"):
+        nnunet_labels([LabelInfo(1, "a", [1, 0, 0]), LabelInfo(2, "a", [1, 0, 0])])
+
+
+def test_region_model_export_is_an_nnunet_region_dataset_as_nnunets_own_brats_conversion(region_sequence_model, tmp_path, capfd):
+    """BraTS-style regions (label values 1/2/4, nested) cannot be nnU-Net label values (1..N): the export writes
+    them as nnU-Net's Dataset137_BraTS21 conversion does: 2/1/4 -> 1/2/3, regions listed outermost first."""
+    from monai.data import load_decathlon_datalist
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    dataset = tmp_path / "Dataset603_Regions"
+    grids = study_grids()
+    flat = None
+    for index, centre in enumerate([(3.0, -2.0, 1.5), (-4.0, 3.0, -2.0)]):
+        folder = tmp_path / f"case{index}"
+        paths = _write_study(folder, seed=20 + index)
+        masks = truth_on(grids["T1c"], centre)
+        # The model's own convention: enhancing 4, the rest of the core 1, the rest of the whole tumour 2.
+        values = np.where(masks["ET"], 4, np.where(masks["TC"], 1, np.where(masks["WT"], 2, 0))).astype(np.uint8)
+        flat = values if flat is None else flat
+        label = sitk.GetImageFromArray(values)
+        label.CopyInformation(grids["T1c"])
+        sitk.WriteImage(label, str(folder / "label.nii.gz"))
+        images = [f"--image={name}={paths[name]}" for name in SEQUENCES]
+        also = ["--also", "nifti", "--output-dir", tmp_path / "other"] if index == 0 else []
+        run_cli("export", *images, "--label", folder / "label.nii.gz", "--dataset", dataset, "--case-id", f"case{index}",
+                "--model", region_sequence_model, *also, check_exit=0)  # fmt: skip
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "Whole tumor": [1, 2, 3], "Tumor core": [2, 3], "Enhancing tumor": [3]}
+    assert meta["regions_class_order"] == [1, 2, 3]
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "case0.nii.gz")))
+    assert np.array_equal(written, np.select([flat == 2, flat == 1, flat == 4], [1, 2, 3], 0))
+    # nnU-Net's own label handling turns the file back into the three regions the model segments.
+    manager = LabelManager(meta["labels"], meta["regions_class_order"])
+    assert manager.has_regions and manager.foreground_regions == [(1, 2, 3), (2, 3), (3,)]
+    masks = truth_on(grids["T1c"], (3.0, -2.0, 1.5))
+    for region, name in zip(manager.foreground_regions, ("WT", "TC", "ET")):
+        assert np.array_equal(np.isin(written, region), masks[name]), name
+    provenance = json.loads((dataset / "provenance" / "case0.json").read_text())
+    assert provenance["label_values"] == {"1": 2, "2": 1, "4": 3} and provenance["labels"] == meta["labels"]
+    # The other formats keep the model's own values.
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "other" / "case0.nii.gz"))), flat)
+    capfd.readouterr()
+    verify_dataset_integrity(str(dataset), num_processes=1)
+    printed = capfd.readouterr()
+    assert "verify_dataset_integrity Done" in printed.out + printed.err and "Error" not in printed.out + printed.err
+    cases = load_decathlon_datalist(str(dataset / "dataset.json"), is_segmentation=True, data_list_key="training")
+    assert [len(case["image"]) for case in cases] == [4, 4]
+    # segment-lesion's own trainer takes label datasets: one line pointing at nnU-Net.
+    result = run_cli("train", "--dataset", dataset, "--output", tmp_path / "m", "--init", region_sequence_model, "--device", "cpu")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "is for nnU-Net" in result.stderr
+
+
 def test_multi_channel_dataset_exports_trains_and_evaluates(softmax_sequence_model, tmp_path, capfd):
     from monai.data import load_decathlon_datalist
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity

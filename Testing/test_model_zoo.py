@@ -138,6 +138,32 @@ def test_brats_from_four_files_on_three_grids_matches_monai(tmp_path):
     assert (ours.regions[2] <= ours.regions.any(axis=0)).all()
 
 
+def test_a_bundles_regions_come_in_its_label_order_whatever_its_channel_order(tmp_path):
+    # BraTS' lambda with the channels permuted: channel 0 -> 4 (first match), channel 2 -> 1, channel 1 -> 2. The
+    # regions handed on (the .seg.nrrd segments, the panel) must pair each mask with its own label, in label order.
+    folder = make_bundle("brats_mri_segmentation", tmp_path / "brats")
+    mapping = "$lambda x: torch.where(x[[0]] > 0, 4, torch.where(x[[2]] > 0, 1, torch.where(x[[1]] > 0, 2, 0)))"
+
+    def permute(config):
+        config["inferer"]["roi_size"] = [48, 48, 48]  # a small window: this test is about the order, not the network
+        next(t for t in config["postprocessing"]["transforms"] if t["_target_"] == "Lambdad")["func"] = mapping
+
+    _edit(folder, permute)
+    spec = load_spec(folder)
+    assert spec.bundle.label_mapping == RegionsToLabels(((0, 4), (2, 1), (1, 2)), 0)
+    assert [label.value for label in spec.labels] == [1, 2, 4] and spec.overlap_priority == [4, 1, 2]
+    image = mr_volume()
+    result = Segmenter(folder, "cpu").segment([image, image, image, image])
+    labels = sitk.GetArrayFromImage(result.labelmap)
+    regions = result.regions
+    assert regions is not None and regions.shape == (3, *labels.shape)
+    by_value = {label.value: regions[index] for index, label in enumerate(spec.labels)}
+    assert by_value[4].any() and (labels == 4).any()
+    assert np.array_equal(labels == 4, by_value[4])  # the first rule's region is exactly label 4
+    assert np.array_equal(labels == 1, by_value[1] & ~by_value[4])
+    assert np.array_equal(labels == 2, by_value[2] & ~by_value[1] & ~by_value[4])
+
+
 def test_multi_channel_bundle_needs_every_channel(tmp_path):
     folder = make_bundle("brats_mri_segmentation", tmp_path / "brats")
     segmenter = Segmenter(folder, "cpu")

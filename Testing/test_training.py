@@ -242,6 +242,34 @@ def test_patch_sampler_oversamples_lesions_deterministically() -> None:
     assert labels.sum() > 0 and float((bright == (labels > 0)).float().mean()) > 0.995
 
 
+def test_hard_negative_patches_are_centred_on_conspicuous_tissue_that_is_not_lesion() -> None:
+    # A body of noise with one bright lesion and a thin bright sheet that is not lesion (an enhancing dura).
+    rng = np.random.default_rng(0)
+    image = np.zeros((1, 64, 64, 64), np.float32)
+    image[0, 4:60, 4:60, 4:60] = 1.0 + rng.normal(0, 0.05, (56, 56, 56)).astype(np.float32)
+    label = np.zeros((1, 64, 64, 64), np.uint8)
+    label[0, 10:14, 10:14, 10:14] = 1
+    image[label > 0] = 3.0
+    image[0, 50, 4:60, 4:60] = 3.0  # the hard negative: 1.8 % of the body
+    case = datasets.PreparedCase("c", image, label, (1.0, 1.0, 1.0))
+
+    def hard_share(fraction: float) -> tuple[float, float]:
+        sampler = datasets.PatchSampler([case], [8, 8, 8], 0.0, augmentation=None, hard_negative_fraction=fraction)
+        images, labels = sampler.batch(np.random.default_rng(1), 300)
+        on_structure = (images.flatten(1).amax(dim=1) > 2.5) & (labels.flatten(1).amax(dim=1) == 0)
+        return float(on_structure.float().mean()), float((labels.flatten(1).amax(dim=1) > 0).float().mean())
+
+    random_share, _ = hard_share(0.0)
+    hard, lesion_share = hard_share(1.0)
+    assert random_share < 0.2  # a patch centred anywhere holds the sheet when it lands within 4 voxels of it
+    # Half the tail points are the bright tail (the sheet), half the dark one (noise here); never the lesion.
+    assert hard > 0.4 and lesion_share == 0.0
+    # A fraction of 0 draws exactly what the sampler drew before the option existed.
+    plain = datasets.PatchSampler([case], [8, 8, 8], 0.5, augmentation=None)
+    zero = datasets.PatchSampler([case], [8, 8, 8], 0.5, augmentation=None, hard_negative_fraction=0.0)
+    assert torch.equal(plain.batch(np.random.default_rng(3), 5)[0], zero.batch(np.random.default_rng(3), 5)[0])
+
+
 # --- training runs ----------------------------------------------------------------------------------------
 
 

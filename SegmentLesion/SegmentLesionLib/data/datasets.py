@@ -101,7 +101,10 @@ def _parse_labels(raw: Any, where: str) -> dict[str, int]:
     labels: dict[str, int] = {}
     for name, value in raw.items():
         if isinstance(value, (list, tuple)):
-            raise InputError(f"{where}: label {name!r}: region-based labels (lists of values) are not supported")
+            raise InputError(
+                f"{where}: label {name!r}: a region-based dataset (lists of values, as a region model's export writes them) "
+                "is for nnU-Net (nnUNetv2_plan_and_preprocess, nnUNetv2_train); segment-lesion train and evaluate take label datasets"
+            )
         try:
             labels[str(name)] = int(value)
         except (TypeError, ValueError) as exc:
@@ -381,6 +384,27 @@ def _affine_theta(rng: np.random.Generator, aug: Augmentation, in_size: list[int
     return theta
 
 
+# Hard negatives: the brightest and darkest 2 % of the body's voxels, at least 3 voxels from a lesion.
+HARD_NEGATIVE_TAIL = 0.02
+HARD_NEGATIVE_GAP = 3
+_NO_POINTS = np.zeros((0, 3), dtype=np.int32)
+
+
+def _hard_negative_points(image: np.ndarray, body: np.ndarray, lesion: np.ndarray, max_points: int) -> np.ndarray:
+    """Up to ``max_points`` voxels of the body's intensity tails that are not near a lesion (see PatchSampler)."""
+    from scipy import ndimage
+
+    values = image[body]
+    if values.size == 0:
+        return _NO_POINTS
+    low, high = np.quantile(values, [HARD_NEGATIVE_TAIL, 1.0 - HARD_NEGATIVE_TAIL])
+    candidates = body & ((image <= low) | (image >= high))
+    if lesion.any():
+        candidates &= ~ndimage.binary_dilation(lesion, iterations=HARD_NEGATIVE_GAP)
+    points = np.argwhere(candidates)
+    return points[:: max(1, len(points) // max_points)].astype(np.int32)
+
+
 class PatchSampler:
     """Random training patches from cases held in memory: crop first, then augment the patch.
 
@@ -392,6 +416,11 @@ class PatchSampler:
             body, not the air around it).
         augmentation: the augmentations, or None for none.
         max_points: lesion voxels kept per lesion to draw centres from (bounds memory for huge lesions).
+        hard_negative_fraction: share of the patches *without* a lesion centre that are centred on a
+            conspicuous voxel that is not lesion: one of the brightest or darkest ``HARD_NEGATIVE_TAIL`` of the
+            body (fat, vessels, enhancing dura, choroid plexus; CSF and bone), at least ``HARD_NEGATIVE_GAP``
+            voxels from any lesion. Those are where a lesion detector's false positives are; a patch drawn
+            anywhere in the head rarely holds one.
     """
 
     def __init__(
@@ -401,15 +430,18 @@ class PatchSampler:
         pos_fraction: float = 2.0 / 3.0,
         augmentation: Augmentation | None = None,
         max_points: int = 4000,
+        hard_negative_fraction: float = 0.0,
     ) -> None:
         from scipy import ndimage
 
         self.cases = cases
         self.patch_size = [int(v) for v in patch_size]
         self.pos_fraction = float(pos_fraction)
+        self.hard_negative_fraction = float(hard_negative_fraction)
         self.augmentation = augmentation
         self.lesions: list[list[np.ndarray]] = []
         self.boxes: list[tuple[np.ndarray, np.ndarray]] = []
+        self.hard_negatives: list[np.ndarray] = []
         for case in cases:
             components, _ = label_components(case.label[0] > 0)
             per_case = []
@@ -424,6 +456,9 @@ class PatchSampler:
                 body = np.ones(image.shape, dtype=bool)
             spans = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
             self.boxes.append((np.array([s[0] for s in spans]), np.array([s[-1] for s in spans])))
+            self.hard_negatives.append(
+                _hard_negative_points(image, body, case.label[0] > 0, max_points) if self.hard_negative_fraction > 0 else _NO_POINTS
+            )
 
     def centre(self, rng: np.random.Generator, case_index: int) -> tuple[np.ndarray, bool]:
         """A patch centre in a case, and whether it is on a lesion."""
@@ -431,6 +466,9 @@ class PatchSampler:
         if lesions and rng.random() < self.pos_fraction:
             points = lesions[int(rng.integers(len(lesions)))]
             return points[int(rng.integers(len(points)))], True
+        hard = self.hard_negatives[case_index]
+        if len(hard) and rng.random() < self.hard_negative_fraction:
+            return hard[int(rng.integers(len(hard)))], False
         low, high = self.boxes[case_index]
         return rng.integers(low, high + 1), False
 

@@ -40,7 +40,7 @@ from .case_ids import case_ids_on_disk, dicom_identity, dicom_modality, generate
 from .clicks import click_records, summarise_clicks
 from .comparison import compare_labels, label_statistics
 from .journal import DatasetMeta
-from .labels import OVERLAP_RULES, LabelSource, format_name, label_on_image_grid, labels_dict, read_label
+from .labels import OVERLAP_RULES, LabelSource, NnunetLabels, format_name, label_on_image_grid, nnunet_labels, read_label
 from .provenance import InferenceRecord, LabelRecord, ModelIdentity, Provenance, SourceRecord, software_versions
 from .summary import dataset_summary, plural
 
@@ -192,6 +192,7 @@ class PreparedExport:
     output_dir: Optional[Path] = None
     dicom_segmentation: Any = None  # highdicom Segmentation, for --also dicom-seg
     warnings: list[str] = field(default_factory=list)
+    written: Optional[NnunetLabels] = None  # how the label files hold the labels (None: as the model's values)
 
 
 def _check_destination(dataset: Path, overlap: str, extra_formats: list[str], out_dir: Optional[Path]) -> None:
@@ -244,20 +245,25 @@ def prepare_export(
         identity += dicom_identity(dicom_folder)
         source.modality = dicom_modality(dicom_folder) or source.modality
     channel_names = _channel_names(spec, existing, len(sources))
+    region_model = spec is not None and spec.activation == "sigmoid" and len(spec.labels) > 1
+    written = nnunet_labels(labels, regions=region_model, priority=spec.overlap_priority if spec else None)
     if len(channel_names) > 1:
-        meta = DatasetMeta(labels_dict(labels), {str(index): name for index, name in enumerate(channel_names)})
+        channels = {str(index): name for index, name in enumerate(channel_names)}
     else:
-        meta = DatasetMeta(labels_dict(labels), {"0": (spec.modality if spec and spec.modality else None) or source.modality or "image"})
+        channels = {"0": (spec.modality if spec and spec.modality else None) or source.modality or "image"}
+    meta = DatasetMeta(written.labels, channels, written.regions_class_order)
     _check_compatible(dataset, existing, meta)
     if case_id:
         validate_case_id(case_id, identity)
     if "dicom-seg" in extra_formats and dicom_folder is None:
         raise InputError("dicom-seg: the image is not a DICOM series folder; a DICOM SEG needs its source series")
-    if overlap == "refuse" and spec is not None and spec.activation == "sigmoid" and len(spec.labels) > 1:
+    if overlap == "refuse" and region_model:
         overlap = "model"  # a region model's segments overlap by design: its own label convention flattens them
     prepared = _prepare_labels(volume, label, ai_label, labels, overlap, spec.overlap_priority if spec else None)
     provenance, warnings = _build_provenance(prepared, volume, source, spec, labels, meta, report)
     provenance.case_id = case_id or ""
+    if written.remaps:
+        provenance.label_values = {str(model): value for model, value in sorted(written.file_values.items())}
     if clicks:
         ai = prepared.get("ai_label")
         provenance.clicks = summarise_clicks(click_records(clicks), prepared["label"][0], ai[0] if ai else None)
@@ -272,7 +278,19 @@ def prepare_export(
         **_other_channels(volume, sources, channel_names),
         **{role: labelmap for role, (labelmap, _) in prepared.items()},
     }
-    return PreparedExport(dataset, meta, labels, images, provenance, overwrite, extra_formats, out_dir, dicom_segmentation, warnings)
+    return PreparedExport(
+        dataset, meta, labels, images, provenance, overwrite, extra_formats, out_dir, dicom_segmentation, warnings, written
+    )
+
+
+def _dataset_images(prepared: PreparedExport) -> dict[str, sitk.Image]:
+    """The images as the dataset holds them: the label files with nnU-Net's values (``NnunetLabels.file_values``);
+    the other formats (``--also``) keep the model's own values."""
+    written = prepared.written
+    if written is None or not written.remaps:
+        return prepared.images
+    change = {float(model): float(value) for model, value in written.file_values.items()}
+    return {role: sitk.ChangeLabel(image, change) if role in ("label", "ai_label") else image for role, image in prepared.images.items()}
 
 
 def _channel_names(spec: ModelSpec | None, existing: Mapping[str, Any] | None, given: int) -> list[str]:
@@ -384,7 +402,7 @@ def commit_export(prepared: PreparedExport) -> dict[str, Any]:
             for fmt, path in extras.items():
                 temporary.append(path.with_name(f".{provenance.case_id}.{secrets.token_hex(4)}.tmp{_EXTRA_SUFFIX[fmt]}"))
                 _write_extra(fmt, temporary[-1], prepared)
-            journal.commit_case(dataset, prepared.images, provenance, prepared.meta)
+            journal.commit_case(dataset, _dataset_images(prepared), provenance, prepared.meta)
             for tmp, path in zip(temporary, extras.values()):
                 os.replace(tmp, path)
             temporary = []

@@ -48,24 +48,31 @@ def _step(name: str) -> None:
 
 @dataclass
 class DatasetMeta:
-    """What every case of a dataset shares: nnU-Net's ``labels`` and ``channel_names``."""
+    """What every case of a dataset shares: nnU-Net's ``labels`` and ``channel_names`` (and for a region model's
+    dataset, whose ``labels`` list values per region, ``regions_class_order``)."""
 
-    labels: dict[str, int]
+    labels: dict[str, Any]
     channel_names: dict[str, str]
+    regions_class_order: list[int] | None = None
 
     @property
     def channels(self) -> int:
         """The number of image channels of each case (``ID_0000`` ... ``ID_000N``)."""
         return max(len(self.channel_names), 1)
 
+    def dataset_keys(self) -> dict[str, Any]:
+        """The keys a new dataset.json gets beyond nnU-Net's required ones (``regions_class_order``)."""
+        return {} if self.regions_class_order is None else {"regions_class_order": list(self.regions_class_order)}
+
     def to_json(self) -> dict[str, Any]:
-        """``{"labels", "channel_names"}``."""
-        return {"labels": dict(self.labels), "channel_names": dict(self.channel_names)}
+        """``{"labels", "channel_names"}`` (and ``regions_class_order`` when there is one)."""
+        return {"labels": dict(self.labels), "channel_names": dict(self.channel_names), **self.dataset_keys()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DatasetMeta:
         """The object :meth:`to_json` wrote."""
-        return cls(dict(data["labels"]), dict(data["channel_names"]))
+        order = data.get("regions_class_order")
+        return cls(dict(data["labels"]), dict(data["channel_names"]), list(order) if order is not None else None)
 
 
 @dataclass
@@ -185,7 +192,7 @@ def add_to_dataset_json(dataset: Path, entries: Sequence[Mapping[str, str]], met
     """Add (or replace) ``entries`` in dataset.json, keeping everything else; a new one gets the standard keys."""
     data = layout.read_dataset_json(dataset) or {}
     _step("dataset_json")
-    defaults = layout.dataset_json(dataset.name, meta.channel_names, meta.labels, [], description=DESCRIPTION)
+    defaults = layout.dataset_json(dataset.name, meta.channel_names, meta.labels, [], description=DESCRIPTION, **meta.dataset_keys())
     # Existing values win, in the standard key order; keys of other writers follow.
     layout.write_dataset_json(dataset, layout.with_training_entries({**defaults, **data}, entries))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
@@ -57,22 +58,66 @@ def format_name(path: Path) -> str:
     return names.get(ext, ext.lstrip(".") or "unknown")
 
 
-def labels_dict(labels: Sequence[LabelInfo]) -> dict[str, int]:
-    """nnU-Net's ``labels``: ``{"background": 0, "<name>": value, ...}``.
+@dataclass
+class NnunetLabels:
+    """How a model's labels are written into an nnU-Net v2 dataset.
+
+    Attributes:
+        labels: dataset.json's ``labels``: ``{"background": 0, name: value}``, or for a region model nnU-Net's
+            region form ``{"background": 0, region: [values]}`` (outermost region first).
+        file_values: the value written in the label files for each model label value (nnU-Net needs 1..N).
+        regions_class_order: dataset.json's ``regions_class_order`` (region models only, else None).
+    """
+
+    labels: dict[str, Any]
+    file_values: dict[int, int]
+    regions_class_order: list[int] | None = None
+
+    @property
+    def remaps(self) -> bool:
+        """Whether the files' values differ from the model's (the provenance then records the mapping)."""
+        return any(model != written for model, written in self.file_values.items())
+
+
+def nnunet_labels(labels: Sequence[LabelInfo], regions: bool = False, priority: Sequence[int] | None = None) -> NnunetLabels:
+    """The dataset labels of a model (``labels``), as nnU-Net v2 reads them.
+
+    A label model's values are kept when they are 1..N (the usual case) and otherwise renumbered 1..N in value
+    order. A region model's (``regions``: sigmoid outputs that nest, such as BraTS' whole tumour > tumour core >
+    enhancing tumour) flattened labelmap holds at each voxel the label first in ``priority`` (innermost first,
+    e.g. BraTS' ``[4, 1, 2]``; default: the higher value first); it is written the way nnU-Net's own BraTS
+    conversion (Dataset137_BraTS21) writes it: the outermost region's own voxels 1, the next 2, ..., and each
+    region listed with the values of itself and every region inside it, with ``regions_class_order``. For BraTS:
+    model values 2/1/4 -> 1/2/3, ``{"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}``.
 
     Raises:
-        ModelError: duplicate names, a label named "background", or values that are not 1, 2, ... N
-            (nnU-Net v2 needs consecutive labels).
+        ModelError: duplicate names, a label named "background", or a priority that does not list each label once.
     """
-    ordered = sorted(labels, key=lambda label: label.value)
-    result = {"background": 0}
-    for label in ordered:
-        if label.name in result:
-            raise ModelError(f"label name {label.name!r} is used twice (or is 'background'); label names must be unique")
-        result[label.name] = int(label.value)
-    if [label.value for label in ordered] != list(range(1, len(ordered) + 1)):
-        raise ModelError(f"label values {[label.value for label in ordered]} must be 1, 2, ... N for an nnU-Net dataset")
-    return result
+    names = [label.name for label in labels]
+    if "background" in names or len(set(names)) != len(names):
+        duplicate = next(name for name in names if name == "background" or names.count(name) > 1)
+        raise ModelError(f"label name {duplicate!r} is used twice (or is 'background'); label names must be unique")
+    by_value = {int(label.value): label for label in labels}
+    if not regions or len(labels) < 2:
+        ordered = sorted(by_value)
+        file_values = {value: index for index, value in enumerate(ordered, start=1)}
+        return NnunetLabels({"background": 0, **{by_value[value].name: file_values[value] for value in ordered}}, file_values)
+    inner_first = [int(value) for value in priority] if priority else sorted(by_value, reverse=True)
+    if sorted(inner_first) != sorted(by_value):
+        raise ModelError(f"overlap priority {inner_first} must list each label value {sorted(by_value)} once")
+    outer_first = inner_first[::-1]
+    file_values = {value: index for index, value in enumerate(outer_first, start=1)}
+    regions_json = {by_value[value].name: list(range(file_values[value], len(outer_first) + 1)) for value in outer_first}
+    return NnunetLabels({"background": 0, **regions_json}, file_values, list(range(1, len(outer_first) + 1)))
+
+
+def labels_dict(labels: Sequence[LabelInfo]) -> dict[str, int]:
+    """nnU-Net's ``labels`` of a label model: ``{"background": 0, "<name>": value, ...}``, values as written.
+
+    Raises:
+        ModelError: duplicate names or a label named "background".
+    """
+    return nnunet_labels(labels).labels
 
 
 def _label_choices(labels: Sequence[LabelInfo]) -> str:

@@ -132,7 +132,7 @@ def label_case_ids(dataset_dir: str | os.PathLike) -> set[str]:
 def dataset_json(
     name: str,
     channel_names: Mapping[str, str],
-    labels: Mapping[str, int],
+    labels: Mapping[str, Any],
     training: Sequence[Mapping[str, str]],
     description: str = "",
     file_ending: str = FILE_ENDING,
@@ -143,7 +143,7 @@ def dataset_json(
     Args:
         name: the dataset's name (``Dataset501_Corrections``).
         channel_names: ``{"0": "MR"}`` (channel index -> modality or name).
-        labels: ``{"background": 0, "lesion": 1}``.
+        labels: ``{"background": 0, "lesion": 1}`` (a region dataset: ``{"background": 0, "whole tumor": [1, 2, 3], ...}``).
         training: entries as :func:`training_entry` makes them; ``numTraining`` is their number.
         description: free text.
         file_ending: the files' extension.

@@ -163,7 +163,7 @@ class Provenance:
     created: str
     model: Optional[ModelIdentity]
     inference: Optional[InferenceRecord]
-    labels: dict[str, int]
+    labels: dict[str, Any]
     software: dict[str, str]
     source: SourceRecord
     label: LabelRecord
@@ -172,6 +172,8 @@ class Provenance:
     ai_vs_corrected: Optional[LabelComparison] = None
     files: dict[str, FileRecord] = field(default_factory=dict)
     clicks: Optional[ClickSummary] = None  # "Click to fix" clicks (only when the case was corrected with clicks)
+    # model label value -> the value in the dataset's label files, when they differ (a region model, data.labels.nnunet_labels)
+    label_values: Optional[dict[str, int]] = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as design.md fixes it (and ``clicks`` when clicks corrected the case)."""
@@ -191,6 +193,8 @@ class Provenance:
         }
         if self.clicks is not None:
             data["clicks"] = self.clicks.to_json()
+        if self.label_values is not None:
+            data["label_values"] = dict(self.label_values)
         return data
 
     @classmethod
@@ -230,6 +234,7 @@ class Provenance:
                 if isinstance(item, Mapping)
             },
             clicks=ClickSummary.from_json(clicks) if clicks else None,
+            label_values={str(k): int(v) for k, v in part("label_values").items()} if part("label_values") else None,
         )
 
     @classmethod

@@ -52,7 +52,7 @@ class BundleOutput:
 
     labels: np.ndarray  # uint8, the bundle's own label values
     probability: np.ndarray  # float32 foreground probability
-    regions: Optional[np.ndarray] = None  # bool (C, k, j, i): a region model's channels before label mapping
+    regions: Optional[np.ndarray] = None  # bool (C, k, j, i): a region model's regions, in the model's label order
 
 
 def regions_to_labels(mapping: RegionsToLabels, regions: torch.Tensor) -> torch.Tensor:
@@ -229,6 +229,9 @@ class BundlePipeline:
         region_masks = None
         if regions is not None:
             region_masks = _kji(on_input_grid(regions[0].float(), regions[1], nearest=True)) > 0.5
+            mapping = self.config.label_mapping
+            if mapping is not None:  # channel order -> label order (spec.labels is sorted by value, as _bundle_labels makes it)
+                region_masks = region_masks[[channel for _, channel in sorted((value, channel) for channel, value in mapping.rules)]]
         return BundleOutput(_labelmap(labels), np.clip(_kji(probability)[0], 0.0, 1.0).astype(np.float32), region_masks)
 
     def _foreground(self, pred: torch.Tensor, activate: bool) -> torch.Tensor:

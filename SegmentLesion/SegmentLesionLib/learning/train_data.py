@@ -104,5 +104,11 @@ def load_training_cases(
     if not train:
         what = "case" if not all_val_ids else "training case"
         raise InputError(f"{dataset.root}: no usable {what} (skipped: {', '.join(all_skipped)})")
-    sampler = PatchSampler(train, patch, settings.pos_fraction, Augmentation() if settings.augment else None)
+    sampler = PatchSampler(
+        train,
+        patch,
+        settings.pos_fraction,
+        Augmentation() if settings.augment else None,
+        hard_negative_fraction=settings.hard_negative_fraction,
+    )
     return TrainingCases(train, val, [case.case_id for case in train], all_val_ids, all_skipped, sampler)

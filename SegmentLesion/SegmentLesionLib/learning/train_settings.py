@@ -42,6 +42,8 @@ class TrainSettings:
         weight_decay: AdamW weight decay.
         loss: ``dicece`` (Dice + cross-entropy) or ``dicefocal`` (Dice + focal).
         pos_fraction: share of patches centred on a lesion voxel (2/3: two positive for one negative).
+        hard_negative_fraction: share of the other patches centred on a conspicuous voxel that is not lesion
+            (the body's brightest or darkest 2 %; ``datasets.PatchSampler``); 0 = anywhere in the body.
         augment: apply augmentations.
         amp: mixed precision on CUDA (ignored on the CPU).
         network: network class for ``scratch`` (UNet, BasicUNet, DynUNet, SegResNet).
@@ -74,6 +76,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     loss: str = "dicece"
     pos_fraction: float = 2.0 / 3.0
+    hard_negative_fraction: float = 0.0
     augment: bool = True
     amp: bool = True
     network: str = "UNet"
@@ -108,6 +111,8 @@ class TrainSettings:
             raise InputError(f"--loss must be {' or '.join(LOSSES)}")
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise InputError("--pos-fraction must be in [0, 1]")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise InputError("--hard-negative-fraction must be in [0, 1]")
         if self.network not in SCRATCH_NETWORKS:
             raise InputError(f"--network must be one of {', '.join(SCRATCH_NETWORKS)}")
         if self.channels is not None and (len(self.channels) < 2 or min(self.channels) < 1):
@@ -187,6 +192,14 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("--weight-decay", "weight_decay", {"type": float, "help": "AdamW weight decay (default %(default)s)"}),
     TrainOption("--loss", "loss", {"choices": list(LOSSES), "help": "Dice + cross-entropy or Dice + focal (default %(default)s)"}),
     TrainOption("--pos-fraction", "pos_fraction", {"type": float, "help": "share of patches centred on a lesion (default 2/3)"}),
+    TrainOption(
+        "--hard-negative-fraction",
+        "hard_negative_fraction",
+        {
+            "type": float,
+            "help": "share of the other patches centred on the body's brightest or darkest voxels that are not lesion (default 0)",
+        },
+    ),
     TrainOption("--no-augment", "augment", {"action": "store_false", "help": "no data augmentation"}),
     TrainOption("--no-amp", "amp", {"action": "store_false", "help": "no mixed precision on CUDA"}),
     TrainOption("--network", "network", {"choices": list(SCRATCH_NETWORKS), "help": "network for --init scratch (default %(default)s)"}),
