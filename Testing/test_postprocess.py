@@ -50,6 +50,52 @@ def test_minimum_size_in_cubic_millimetres():
     assert kept.count == 1 and kept.labelmap[0, 0, 0] == 0 and kept.labelmap[6, 6, 6] == 1
 
 
+def test_lesions_less_confident_than_the_minimum_mean_probability_are_dropped():
+    probability = np.zeros((10, 10, 20), np.float32)
+    probability[1:3, 1:3, 1:3] = 0.9  # confident, 8 voxels
+    probability[5:8, 5:8, 10:13] = 0.6  # larger but unsure, 27 voxels
+    probability[5:8, 5:8, 11] = 0.95  # a confident core does not lift its mean (0.717) past 0.75
+    kept = find_lesions(probability, (1.0, 1.0, 1.0), threshold=0.5, min_mean_probability=0.75)
+    assert kept.count == 1 and (kept.components == 1).sum() == 8 and kept.labelmap.sum() == 8
+    assert find_lesions(probability, (1.0, 1.0, 1.0), threshold=0.5, min_mean_probability=0.7).count == 2
+    assert find_lesions(probability, (1.0, 1.0, 1.0), threshold=0.5).count == 2
+
+
+def test_segment_applies_the_models_and_the_requests_minimum_confidence(blob_model, tmp_path):
+    import json
+    import shutil
+
+    import SimpleITK as sitk
+    from conftest import blob_volume, run_cli
+    from SegmentLesionLib.engine.inference import Segmenter, SegmentOptions
+    from SegmentLesionLib.errors import ModelError
+    from SegmentLesionLib.models.spec import load_spec
+
+    image, _ = blob_volume()
+    plain = Segmenter(blob_model, "cpu").segment(image)
+    assert plain.lesions and plain.report.settings["min_mean_probability"] == 0.0
+    top = max(lesion.mean_probability for lesion in plain.lesions)
+    strict = Segmenter(blob_model, "cpu").segment(image, SegmentOptions(min_mean_probability=min(0.999, top + 1e-3)))
+    assert strict.lesions == [] and not sitk.GetArrayViewFromImage(strict.labelmap).any()
+    # In the model's metadata, validated.
+    folder = tmp_path / "model"
+    shutil.copytree(blob_model, folder)
+    metadata_path = folder / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["segment_lesion"]["min_mean_probability"] = min(0.999, top + 1e-3)
+    metadata_path.write_text(json.dumps(metadata))
+    assert Segmenter(folder, "cpu").segment(image).lesions == []
+    sitk.WriteImage(image, str(tmp_path / "in.nii.gz"))
+    args = ["--model", folder, "--min-confidence", "0", "--output", tmp_path / "out.nii.gz", "--device", "cpu"]
+    run_cli("segment", tmp_path / "in.nii.gz", *args, check_exit=0)
+    report = json.loads((tmp_path / "out.lesions.json").read_text())
+    assert report["settings"]["min_mean_probability"] == 0.0 and len(report["lesions"]) == len(plain.lesions)
+    metadata["segment_lesion"]["min_mean_probability"] = 1.5
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(ModelError, match="min_mean_probability must be a number in"):
+        load_spec(folder)
+
+
 def test_diagonal_neighbours_are_one_lesion():
     probability = np.zeros((4, 4, 4), np.float32)
     probability[0, 0, 0] = probability[1, 1, 1] = 1

@@ -9,8 +9,13 @@ Steps (each one the project's own command or function):
      `--leave-out ANATOMY` trains without that anatomy (leave-one-anatomy-out);
   2. generate held-out sets with new seeds (10001..), one per contrast family (t1, t2, flair, t1c), from the
      left-out anatomy when there is one;
-  3. `segment-lesion train --init scratch --seed 42 ...`, time-capped; rerun the recipe to continue an
-     interrupted run (`--resume` is passed when a checkpoint exists);
+  3. stage 1: `segment-lesion train --init scratch --seed 42 ...`, time-capped; stage 2: fine-tuning stage 1's
+     model with hard negatives (half the patches on lesions, a quarter on the body's brightest or darkest voxels
+     that are not lesion: `--pos-fraction 0.5 --hard-negative-fraction 0.5`), its learning rate decaying to 0;
+     rerun the recipe to continue an interrupted stage (`--resume` is passed when its checkpoint exists; stage 1
+     counts as done once its model folder is written);
+  3b. the threshold, minimum lesion size and minimum lesion confidence chosen on the model's own validation
+     cases (``tune_postprocessing``);
   4. `segment-lesion evaluate` on each held-out set;
   5. with --install: the model folder goes to SegmentLesion/Resources/Models/ and the sample case (seed 20001
      of the insertion generator, what `make demo` segments) to SegmentLesion/Resources/SampleData/.
@@ -62,6 +67,24 @@ TRAIN_ARGS = [
     "--iterations-per-epoch", "60",
     "--patience", "0",
 ]  # fmt: skip
+# Stage 2 fine-tunes stage 1's model with false-positive pressure: half the patches lesion-centred, and half of
+# the others centred on the body's brightest or darkest voxels that are not lesion (fat, vessels, dura, choroid
+# plexus, CSF, bone: where stage 1's false positives were), with a fresh learning-rate decay to 0.
+STAGE2_ARGS = [
+    "--pos-fraction", "0.5",
+    "--hard-negative-fraction", "0.5",
+    "--seed", "42",
+    "--lr", "1e-3",
+    "--val-fraction", "0.1",
+    "--val-interval", "2",
+    "--iterations-per-epoch", "60",
+    "--batch-size", "2",
+    "--patience", "0",
+]  # fmt: skip
+# Post-processing chosen on the model's validation cases (step 3b).
+TUNE_THRESHOLDS = (0.5, 0.6, 0.7)
+TUNE_MIN_ML = (0.01, 0.05, 0.1, 0.2)
+TUNE_CONFIDENCE = (0.0, 0.6, 0.7, 0.75, 0.8, 0.85)
 # The trainer resamples to 1.5 mm: finer in-plane grids than this many voxels only cost disk and loading time.
 MAX_VOXELS = 8e6
 
@@ -121,17 +144,93 @@ def generate(args: argparse.Namespace, work: Path, folders: dict[str, str]) -> t
 
 
 def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
-    resume = ["--resume"] if Path(f"{model_dir}.checkpoint").exists() else []
-    train_args = list(TRAIN_ARGS)
+    """Stage 1 from scratch into ``model_dir``_stage1, then stage 2 (fine-tuning it) into ``model_dir``.
+
+    Each stage resumes its own checkpoint when one exists and is skipped when its model folder is complete."""
+    stage1 = model_dir.with_name(model_dir.name + "_stage1")
     # At least two validation cases, also in a small smoke run.
-    train_args[train_args.index("--val-fraction") + 1] = f"{max(0.1, 2.0 / args.cases):.3f}"
-    if args.patch_size:
-        train_args[train_args.index("--patch-size") + 1] = str(args.patch_size)
+    val_fraction = f"{max(0.1, 2.0 / args.cases):.3f}"
+    if not (stage1 / "configs" / "metadata.json").exists():  # done once its model is written (delete it to continue)
+        train_args = list(TRAIN_ARGS)
+        train_args[train_args.index("--val-fraction") + 1] = val_fraction
+        if args.patch_size:
+            train_args[train_args.index("--patch-size") + 1] = str(args.patch_size)
+        resume = ["--resume"] if Path(f"{stage1}.checkpoint").exists() else []
+        run(
+            cli("train", "--dataset", str(train_dir), "--output", str(stage1), *train_args, *resume,
+                "--max-epochs", str(args.epochs), "--max-minutes", str(args.minutes),
+                "--name", MODEL_NAME, "--version", MODEL_VERSION, "--overwrite")
+        )  # fmt: skip
+    if args.stage2_epochs == 0:
+        return
+    stage2_args = list(STAGE2_ARGS)
+    stage2_args[stage2_args.index("--val-fraction") + 1] = val_fraction
+    resume = ["--resume"] if Path(f"{model_dir}.checkpoint").exists() else []
     run(
-        cli("train", "--dataset", str(train_dir), "--output", str(model_dir), *train_args, *resume,
-            "--max-epochs", str(args.epochs), "--max-minutes", str(args.minutes),
+        cli("train", "--dataset", str(train_dir), "--output", str(model_dir), "--init", str(stage1), *stage2_args, *resume,
+            "--max-epochs", str(args.stage2_epochs), "--max-minutes", str(args.stage2_minutes),
             "--name", MODEL_NAME, "--version", MODEL_VERSION, "--overwrite")
     )  # fmt: skip
+
+
+def tune_postprocessing(model_dir: Path, train_dir: Path, work: Path) -> dict:
+    """Choose the model's post-processing on its own validation cases (generated, never the held-out sets).
+
+    The threshold, the minimum lesion size and the minimum mean probability of a lesion (its confidence) with the
+    highest mean Dice + lesion F1 (true lesions of 0.1 mL or more found, against false-positive lesions, pooled over
+    the cases) are written into the model's metadata; the same search with deepbet's brain mask is recorded too
+    (WORK/postprocessing_tuning.json), the mask itself is not switched on (it costs 3-4 s per scan).
+    """
+    import numpy as np
+    import SimpleITK as sitk
+    from SegmentLesionLib.engine import metrics, postprocess
+    from SegmentLesionLib.engine.inference import Segmenter, SegmentOptions
+    from SegmentLesionLib.io.files import write_json
+
+    metadata_path = model_dir / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    block = metadata["segment_lesion"]
+    val_cases = block["training"]["val_cases"]
+    segmenter = Segmenter(model_dir, device="cpu")
+    record: dict = {"val_cases": val_cases}
+    for brain_mask in ("none", "deepbet"):
+        cases = []
+        for case_id in val_cases:
+            image = train_dir / "imagesTr" / f"{case_id}_0000.nii.gz"
+            truth_image = sitk.ReadImage(str(train_dir / "labelsTr" / f"{case_id}.nii.gz"))
+            options = SegmentOptions(threshold=min(TUNE_THRESHOLDS), min_lesion_mm3=0.0, brain_mask=brain_mask, min_mean_probability=0.0)
+            result = segmenter.segment_file(image, options)
+            spacing = truth_image.GetSpacing()
+            cases.append((sitk.GetArrayFromImage(result.probability), sitk.GetArrayFromImage(truth_image) > 0, spacing))
+        table = []
+        for threshold in TUNE_THRESHOLDS:
+            for min_ml in TUNE_MIN_ML:
+                for confidence in TUNE_CONFIDENCE:
+                    dice, true, found_true, false = [], 0, 0, 0
+                    for probability, truth, spacing in cases:
+                        found = postprocess.find_lesions(
+                            probability, spacing, threshold=threshold, min_lesion_mm3=min_ml * 1000.0, min_mean_probability=confidence
+                        )
+                        dice.append(metrics.dice(found.labelmap > 0, truth))
+                        detection = metrics.lesion_detection(found.labelmap > 0, truth, tuple(reversed(spacing)), 0.1)
+                        true += detection["lesions_true"]
+                        found_true += detection["lesions_found"]
+                        false += detection["false_positive_lesions"]
+                    table.append({
+                        "threshold": threshold, "min_lesion_ml": min_ml, "min_mean_probability": confidence,
+                        "dice": float(np.mean(dice)), "lesion_sensitivity": found_true / max(1, true),
+                        "lesion_f1": 2.0 * found_true / max(1, 2 * found_true + (true - found_true) + false),
+                        "false_positive_lesions_per_case": false / len(cases),
+                    })  # fmt: skip
+        best = max(table, key=lambda row: (round(row["dice"] + row["lesion_f1"], 3), -row["false_positive_lesions_per_case"]))
+        record[brain_mask] = {"chosen": best, "table": table}
+        print(f"post-processing tuned on {len(val_cases)} validation cases, brain mask {brain_mask}: {json.dumps(best)}", flush=True)
+    best = record["none"]["chosen"]
+    block["threshold"], block["min_lesion_mm3"] = best["threshold"], best["min_lesion_ml"] * 1000.0
+    block["min_mean_probability"] = best["min_mean_probability"]
+    write_json(metadata, metadata_path)
+    write_json(record, work / "postprocessing_tuning.json")
+    return record
 
 
 def evaluate(model_dir: Path, heldout: dict[str, Path], work: Path) -> dict[str, dict]:
@@ -164,7 +263,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=200, help="training cases (seeds 1..N)")
     parser.add_argument("--leave-out", choices=ANATOMIES, help="train without this anatomy and evaluate on it")
     parser.add_argument("--minutes", type=float, default=110.0, help="training time cap per run (2 CPU cores: about 110)")
-    parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=400, help="stage 1 epochs (its learning rate decays over them)")
+    parser.add_argument("--stage2-epochs", type=int, default=100, help="stage 2 (hard-negative fine-tuning) epochs; 0 = none")
+    parser.add_argument("--stage2-minutes", type=float, default=100.0, help="stage 2 time cap")
     parser.add_argument("--patch-size", type=int, help="training patch (default 64)")
     parser.add_argument("--heldout", type=int, default=5, help="held-out cases per contrast family (default 5)")
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
@@ -177,6 +278,8 @@ def main() -> int:
     model_dir = work / MODEL_NAME
     if not args.skip_train:
         train(args, train_dir, model_dir)
+    if not args.skip_train or not (work / "postprocessing_tuning.json").exists():
+        tune_postprocessing(model_dir, train_dir, work)
     results = evaluate(model_dir, heldout, work)
     (work / "heldout_summary.json").write_text(json.dumps({"leave_out": args.leave_out, "heldout": results}, indent=2) + "\n")
     if args.install:

@@ -19,6 +19,13 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     add_precision_option(parser)
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     parser.add_argument("--min-size", type=float, dest="min_lesion_mm3", help="minimum lesion size in mm^3 (default: the model's)")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        dest="min_mean_probability",
+        metavar="P",
+        help="drop lesions whose mean probability is below P (default: the model's)",
+    )
     parser.add_argument("--no-fill-holes", action="store_true", help="keep cavities inside lesions")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, smoother)")
     parser.add_argument("--max-voxels", type=int, metavar="N", help="largest model grid to run (default: the model's, else 2^28 voxels)")
@@ -130,8 +137,9 @@ def run_segment(args: argparse.Namespace) -> int:
                 raise InputError(f"{path}: already exists (use --overwrite to replace it)")
     segmenter = Segmenter(args.model, args.device, args.precision)
     options = SegmentOptions(
-        args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels, args.brain_mask
-    )
+        args.threshold, args.min_lesion_mm3, False if args.no_fill_holes else None, args.tta, args.max_voxels, args.brain_mask,
+        min_mean_probability=args.min_mean_probability,
+    )  # fmt: skip
     failures = 0
     for index, (files, output) in enumerate(zip(cases, outputs)):
         case = files[0]

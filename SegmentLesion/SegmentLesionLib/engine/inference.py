@@ -67,6 +67,7 @@ class SegmentOptions:
     max_voxels: int | None = None  # the model grid's voxel limit (None: the model's ``max_voxels``, else the default)
     brain_mask: str | None = None  # "deepbet" or "none" (None: the model's ``brain_mask``); see engine/brain_mask.py
     precision: str | None = None  # auto, fp32 or bf16 (None: the segmenter's)
+    min_mean_probability: float | None = None  # drop lesions less confident than this (None: the model's)
 
 
 class SegmentationResult:
@@ -395,6 +396,7 @@ class Segmenter:
         threshold = spec.threshold if options.threshold is None else options.threshold
         min_mm3 = spec.min_lesion_mm3 if options.min_lesion_mm3 is None else options.min_lesion_mm3
         fill = spec.fill_holes if options.fill_holes is None else options.fill_holes
+        confidence = self._min_confidence(options)
         if threshold <= 0:  # voxels beyond the model grid (probability 0) are lesion too
             box_ijk = tuple(slice(0, int(n)) for n in reference.size)
         else:
@@ -418,7 +420,7 @@ class Segmenter:
                 prob_array = np.where(sitk.GetArrayViewFromImage(restrict)[box] > 0, prob_array, np.float32(0))
             stages.lap("to_input_grid_s")
             values = [label.value for label in spec.labels]
-            settings = dict(threshold=threshold, min_lesion_mm3=min_mm3, fill_holes=fill)
+            settings = dict(threshold=threshold, min_lesion_mm3=min_mm3, fill_holes=fill, min_mean_probability=confidence)
             if model_regions is not None:
                 arrays = []
                 for model_region in model_regions:
@@ -456,6 +458,10 @@ class Segmenter:
         result.regions = regions
         return result
 
+    def _min_confidence(self, options: SegmentOptions) -> float:
+        """The minimum mean probability of a lesion: the request's, else the model's."""
+        return self.spec.min_mean_probability if options.min_mean_probability is None else options.min_mean_probability
+
     def _report(
         self,
         lesions: list[Lesion],
@@ -475,6 +481,7 @@ class Segmenter:
             settings={
                 "threshold": threshold,
                 "min_lesion_mm3": min_mm3,
+                "min_mean_probability": self._min_confidence(options),
                 "fill_holes": fill,
                 "tta": options.tta,
                 "device": str(self.device),
@@ -509,6 +516,7 @@ class Segmenter:
             fill_holes=fill,
             classes=classes,
             label_value=spec.labels[0].value,
+            min_mean_probability=self._min_confidence(options) if mask is None else 0.0,
         )
         labelmap = reference.apply_to(sitk.GetImageFromArray(found.labelmap))
         components, count = found.components, found.count

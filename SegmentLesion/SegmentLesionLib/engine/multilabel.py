@@ -56,6 +56,7 @@ def find_region_lesions(
     threshold: float,
     min_lesion_mm3: float,
     fill_holes: bool,
+    min_mean_probability: float = 0.0,
 ) -> RegionLesions:
     """Threshold, fill and clean each region's probability on its own; then the labelmap by the label convention.
 
@@ -64,11 +65,14 @@ def find_region_lesions(
         spacing: voxel size in mm, (i, j, k).
         values: each region's label value.
         priority: label values, the first winning where regions overlap (None: the smaller region wins).
-        threshold, min_lesion_mm3, fill_holes: as ``postprocess.find_lesions``, per region.
+        threshold, min_lesion_mm3, fill_holes, min_mean_probability: as ``postprocess.find_lesions``, per region.
     """
     masks, per_region = [], []
     for probability in probabilities:
-        found = postprocess.find_lesions(probability, spacing, threshold=threshold, min_lesion_mm3=min_lesion_mm3, fill_holes=fill_holes)
+        found = postprocess.find_lesions(
+            probability, spacing, threshold=threshold, min_lesion_mm3=min_lesion_mm3, fill_holes=fill_holes,
+            min_mean_probability=min_mean_probability,
+        )  # fmt: skip
         masks.append(found.labelmap > 0)
         per_region.append((found.components, found.count))
     stacked = np.stack(masks)

@@ -37,6 +37,7 @@ def find_lesions(
     fill_holes: bool = True,
     classes: np.ndarray | None = None,
     label_value: int = 1,
+    min_mean_probability: float = 0.0,
 ) -> Lesions:
     """Turn a foreground probability map into a labelmap and numbered lesions.
 
@@ -48,6 +49,8 @@ def find_lesions(
         fill_holes: fill cavities fully enclosed by a lesion (3D).
         classes: class label per voxel for multi-class models (None: every lesion voxel is ``label_value``).
         label_value: the label of lesion voxels when ``classes`` is None.
+        min_mean_probability: connected components whose mean probability is lower are removed (the lesion
+            report's ``mean_probability``, the model's confidence; 0 keeps every component).
 
     Returns:
         The labelmap (uint8), the lesion components (numbered 1..N by decreasing volume) and N.
@@ -68,7 +71,11 @@ def find_lesions(
     del mask
     voxel_mm3 = float(np.prod(spacing))
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
-    keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3]
+    confident = np.ones(count, dtype=bool)
+    if min_mean_probability > 0 and count:
+        sums = np.bincount(labelled.ravel(), weights=np.asarray(probability[box], dtype=np.float64).ravel(), minlength=count + 1)[1:]
+        confident = sums >= min_mean_probability * np.maximum(sizes, 1)
+    keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3 and confident[index]]
     if len(keep) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 lesions: the probability map is not a lesion map (check the threshold)")
     renumber = np.zeros(count + 1, dtype=np.uint16)

@@ -94,6 +94,8 @@ class ModelSpec:
     sw_batch_size: int = 2
     threshold: float = 0.5
     min_lesion_mm3: float = 10.0
+    # Lesions whose mean probability (the report's confidence) is lower are dropped; 0 keeps all.
+    min_mean_probability: float = 0.0
     fill_holes: bool = True
     max_voxels: int | None = None  # the model grid's voxel limit (None: the engine's default, 2^28)
     # False: the network always runs in float32 (no bf16 on CPUs, no fp16 on GPUs), whatever --precision says.
@@ -308,6 +310,12 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise ModelError(f"{where}: max_voxels must be a positive whole number of voxels or null")
     if not isinstance(spec.allow_reduced_precision, bool):
         raise ModelError(f"{where}: allow_reduced_precision must be true or false")
+    if (
+        isinstance(spec.min_mean_probability, bool)
+        or not isinstance(spec.min_mean_probability, (int, float))
+        or not 0 <= spec.min_mean_probability < 1
+    ):
+        raise ModelError(f"{where}: min_mean_probability must be a number in [0, 1)")
     if spec.interaction is not None:
         _validate_interaction(spec, where)
 
