@@ -111,15 +111,6 @@ def nnunet_labels(labels: Sequence[LabelInfo], regions: bool = False, priority: 
     return NnunetLabels({"background": 0, **regions_json}, file_values, list(range(1, len(outer_first) + 1)))
 
 
-def labels_dict(labels: Sequence[LabelInfo]) -> dict[str, int]:
-    """nnU-Net's ``labels`` of a label model: ``{"background": 0, "<name>": value, ...}``, values as written.
-
-    Raises:
-        ModelError: duplicate names or a label named "background".
-    """
-    return nnunet_labels(labels).labels
-
-
 def _label_choices(labels: Sequence[LabelInfo]) -> str:
     return ", ".join(f"{label.name!r} ({label.value})" for label in sorted(labels, key=lambda item: item.value))
 
