@@ -53,19 +53,21 @@ MODEL_NAME = "SegmentLesionBrainMR"
 MODEL_VERSION = "2.0.0"
 HELDOUT_FAMILIES = ("t1", "t2", "flair", "t1c")
 SAMPLE_SEED = 20001
+# What both stages share (the validation fraction is raised for small runs, see ``train``).
+RUN_ARGS = [
+    "--batch-size", "2",
+    "--seed", "42",
+    "--val-interval", "2",
+    "--iterations-per-epoch", "60",
+    "--patience", "0",
+]  # fmt: skip
 TRAIN_ARGS = [
     "--init", "scratch",
     "--network", "UNet",
     "--channels", "8", "16", "32", "64",
     "--spacing", "1.5", "1.5", "1.5",
     "--patch-size", "64",
-    "--batch-size", "2",
-    "--seed", "42",
     "--lr", "2e-3",
-    "--val-fraction", "0.1",
-    "--val-interval", "2",
-    "--iterations-per-epoch", "60",
-    "--patience", "0",
 ]  # fmt: skip
 # Stage 2 fine-tunes stage 1's model with false-positive pressure: half the patches lesion-centred, and half of
 # the others centred on the body's brightest or darkest voxels that are not lesion (fat, vessels, dura, choroid
@@ -73,13 +75,7 @@ TRAIN_ARGS = [
 STAGE2_ARGS = [
     "--pos-fraction", "0.5",
     "--hard-negative-fraction", "0.5",
-    "--seed", "42",
     "--lr", "1e-3",
-    "--val-fraction", "0.1",
-    "--val-interval", "2",
-    "--iterations-per-epoch", "60",
-    "--batch-size", "2",
-    "--patience", "0",
 ]  # fmt: skip
 # Post-processing chosen on the model's validation cases (step 3b).
 TUNE_THRESHOLDS = (0.5, 0.6, 0.7)
@@ -146,29 +142,30 @@ def generate(args: argparse.Namespace, work: Path, folders: dict[str, str]) -> t
 def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
     """Stage 1 from scratch into ``model_dir``_stage1, then stage 2 (fine-tuning it) into ``model_dir``.
 
-    Each stage resumes its own checkpoint when one exists and is skipped when its model folder is complete."""
+    A stage runs when its model folder is missing (stage 1: delete it to continue a time-capped run), stage 2 also
+    when its checkpoint is there (a time-capped run goes on); each resumes its own checkpoint when one exists."""
     stage1 = model_dir.with_name(model_dir.name + "_stage1")
     # At least two validation cases, also in a small smoke run.
-    val_fraction = f"{max(0.1, 2.0 / args.cases):.3f}"
-    if not (stage1 / "configs" / "metadata.json").exists():  # done once its model is written (delete it to continue)
-        train_args = list(TRAIN_ARGS)
-        train_args[train_args.index("--val-fraction") + 1] = val_fraction
+    shared = [*RUN_ARGS, "--val-fraction", f"{max(0.1, 2.0 / args.cases):.3f}"]
+    if not _has_model(stage1):
+        stage1_args = list(TRAIN_ARGS)
         if args.patch_size:
-            train_args[train_args.index("--patch-size") + 1] = str(args.patch_size)
-        resume = ["--resume"] if Path(f"{stage1}.checkpoint").exists() else []
-        run(
-            cli("train", "--dataset", str(train_dir), "--output", str(stage1), *train_args, *resume,
-                "--max-epochs", str(args.epochs), "--max-minutes", str(args.minutes),
-                "--name", MODEL_NAME, "--version", MODEL_VERSION, "--overwrite")
-        )  # fmt: skip
-    if args.stage2_epochs == 0:
-        return
-    stage2_args = list(STAGE2_ARGS)
-    stage2_args[stage2_args.index("--val-fraction") + 1] = val_fraction
-    resume = ["--resume"] if Path(f"{model_dir}.checkpoint").exists() else []
+            stage1_args[stage1_args.index("--patch-size") + 1] = str(args.patch_size)
+        _train_stage(train_dir, stage1, [*stage1_args, *shared], args.epochs, args.minutes)
+    if args.stage2_epochs and (not _has_model(model_dir) or Path(f"{model_dir}.checkpoint").exists()):
+        _train_stage(train_dir, model_dir, ["--init", str(stage1), *STAGE2_ARGS, *shared], args.stage2_epochs, args.stage2_minutes)
+
+
+def _has_model(folder: Path) -> bool:
+    return (folder / "configs" / "metadata.json").exists()
+
+
+def _train_stage(train_dir: Path, output: Path, train_args: list[str], epochs: int, minutes: float) -> None:
+    """One ``segment-lesion train`` run into ``output``, resuming its checkpoint when there is one."""
+    resume = ["--resume"] if Path(f"{output}.checkpoint").exists() else []
     run(
-        cli("train", "--dataset", str(train_dir), "--output", str(model_dir), "--init", str(stage1), *stage2_args, *resume,
-            "--max-epochs", str(args.stage2_epochs), "--max-minutes", str(args.stage2_minutes),
+        cli("train", "--dataset", str(train_dir), "--output", str(output), *train_args, *resume,
+            "--max-epochs", str(epochs), "--max-minutes", str(minutes),
             "--name", MODEL_NAME, "--version", MODEL_VERSION, "--overwrite")
     )  # fmt: skip
 

@@ -230,8 +230,8 @@ class BundlePipeline:
         if regions is not None:
             region_masks = _kji(on_input_grid(regions[0].float(), regions[1], nearest=True)) > 0.5
             mapping = self.config.label_mapping
-            if mapping is not None:  # channel order -> label order (spec.labels is sorted by value, as _bundle_labels makes it)
-                region_masks = region_masks[[channel for _, channel in sorted((value, channel) for channel, value in mapping.rules)]]
+            if mapping is not None:  # channel order -> the model's label order (spec.labels, from the same pairs)
+                region_masks = region_masks[[channel for _, channel in mapping.by_label()]]
         return BundleOutput(_labelmap(labels), np.clip(_kji(probability)[0], 0.0, 1.0).astype(np.float32), region_masks)
 
     def _foreground(self, pred: torch.Tensor, activate: bool) -> torch.Tensor:

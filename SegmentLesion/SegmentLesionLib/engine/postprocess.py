@@ -74,7 +74,7 @@ def find_lesions(
     confident = np.ones(count, dtype=bool)
     if min_mean_probability > 0 and count:
         sums = np.bincount(labelled.ravel(), weights=np.asarray(probability[box], dtype=np.float64).ravel(), minlength=count + 1)[1:]
-        confident = sums >= min_mean_probability * np.maximum(sizes, 1)
+        confident = sums >= min_mean_probability * sizes  # every component has at least one voxel
     keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3 and confident[index]]
     if len(keep) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 lesions: the probability map is not a lesion map (check the threshold)")

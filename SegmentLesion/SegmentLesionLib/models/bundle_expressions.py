@@ -56,6 +56,10 @@ class RegionsToLabels:
     rules: tuple[tuple[int, int], ...]  # (channel, label value), first match wins
     default: int = 0
 
+    def by_label(self) -> list[tuple[int, int]]:
+        """``(label value, channel)`` pairs in label-value order: the model's label order (BraTS: (1, 0), (2, 1), (4, 2))."""
+        return sorted((value, channel) for channel, value in self.rules)
+
 
 @dataclass(eq=False)
 class Component:

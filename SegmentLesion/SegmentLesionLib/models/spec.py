@@ -447,8 +447,7 @@ def _bundle_labels(names: dict[int, str], activation: str, bundle: BundleConfig,
     if activation == "softmax":
         return [{"value": k, "name": names.get(k, f"label {k}")} for k in range(1, out_channels)]
     if bundle.label_mapping is not None:
-        pairs = sorted((value, channel) for channel, value in bundle.label_mapping.rules)
-        return [{"value": value, "name": names.get(channel, f"channel {channel}")} for value, channel in pairs]
+        return [{"value": value, "name": names.get(channel, f"channel {channel}")} for value, channel in bundle.label_mapping.by_label()]
     return [{"value": c + 1, "name": names.get(c, f"channel {c}")} for c in range(out_channels)]
 
 
