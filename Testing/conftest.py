@@ -475,6 +475,18 @@ def write_cohort_cases(folder: Path, count: int, shape=(24, 28, 32), first_seed:
     return paths
 
 
+def verify_with_nnunet(dataset: Path, capfd) -> None:
+    """nnU-Net v2's own checker; it raises on errors and only prints warnings (geometry), so both are checked."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    capfd.readouterr()
+    verify_dataset_integrity(str(dataset), num_processes=1)
+    printed = capfd.readouterr()
+    text = printed.out + printed.err
+    assert "verify_dataset_integrity Done" in text
+    assert "Warning" not in text and "Error" not in text, text
+
+
 def wait_for(condition, what: str, timeout: float = 120.0):
     """Wait until ``condition()`` holds (polling); the deadline only guards against a hang."""
     import time

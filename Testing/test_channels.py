@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-from conftest import SEQUENCES, empty_grid, oblique_direction, physical_points, run_cli, sequence_case, tumour_masks
+from conftest import SEQUENCES, empty_grid, oblique_direction, physical_points, run_cli, sequence_case, tumour_masks, verify_with_nnunet
 from SegmentLesionLib.data.labels import segments_to_labelmap
 from SegmentLesionLib.engine.inference import Segmenter
 from SegmentLesionLib.engine.inputs import align_to_first, match_channels, parse_channel_argument
@@ -271,7 +271,6 @@ def test_region_model_export_is_an_nnunet_region_dataset_as_nnunets_own_brats_co
     """BraTS-style regions (label values 1/2/4, nested) cannot be nnU-Net label values (1..N): the export writes
     them as nnU-Net's Dataset137_BraTS21 conversion does: 2/1/4 -> 1/2/3, regions listed outermost first."""
     from monai.data import load_decathlon_datalist
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
     dataset = tmp_path / "Dataset603_Regions"
@@ -306,10 +305,7 @@ def test_region_model_export_is_an_nnunet_region_dataset_as_nnunets_own_brats_co
     assert provenance["label_values"] == {"1": 2, "2": 1, "4": 3} and provenance["labels"] == meta["labels"]
     # The other formats keep the model's own values.
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "other" / "case0.nii.gz"))), flat)
-    capfd.readouterr()
-    verify_dataset_integrity(str(dataset), num_processes=1)
-    printed = capfd.readouterr()
-    assert "verify_dataset_integrity Done" in printed.out + printed.err and "Error" not in printed.out + printed.err
+    verify_with_nnunet(dataset, capfd)
     cases = load_decathlon_datalist(str(dataset / "dataset.json"), is_segmentation=True, data_list_key="training")
     assert [len(case["image"]) for case in cases] == [4, 4]
     # segment-lesion's own trainer takes label datasets: one line pointing at nnU-Net.
@@ -319,7 +315,6 @@ def test_region_model_export_is_an_nnunet_region_dataset_as_nnunets_own_brats_co
 
 def test_multi_channel_dataset_exports_trains_and_evaluates(softmax_sequence_model, tmp_path, capfd):
     from monai.data import load_decathlon_datalist
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     dataset = tmp_path / "Dataset602_TwoChannels"
     grids = study_grids()
@@ -354,10 +349,7 @@ def test_multi_channel_dataset_exports_trains_and_evaluates(softmax_sequence_mod
     assert meta["training"][0]["image"] == ["./imagesTr/case0_0000.nii.gz", "./imagesTr/case0_0001.nii.gz"]
     flair = sitk.ReadImage(str(dataset / "imagesTr" / "case0_0001.nii.gz"))
     assert flair.GetSize() == grids["T1c"].GetSize() and flair.GetDirection() == grids["T1c"].GetDirection()
-    capfd.readouterr()
-    verify_dataset_integrity(str(dataset), num_processes=1)
-    printed = capfd.readouterr()
-    assert "verify_dataset_integrity Done" in printed.out + printed.err and "Error" not in printed.out + printed.err
+    verify_with_nnunet(dataset, capfd)
     cases = load_decathlon_datalist(str(dataset / "dataset.json"), is_segmentation=True, data_list_key="training")
     assert [len(case["image"]) for case in cases] == [2, 2]
 

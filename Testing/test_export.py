@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_volume, oblique_direction, tiny_network_def
+from conftest import make_volume, oblique_direction, tiny_network_def, verify_with_nnunet
 from SegmentLesionLib import cli
 from SegmentLesionLib.data.case_ids import generate_case_id, validate_case_id
 from SegmentLesionLib.data.comparison import compare_labels
@@ -195,18 +195,6 @@ def wait_for(path: Path, process: subprocess.Popen) -> None:
         if process.poll() is not None:
             pytest.fail(f"the export ended before {path.name} appeared: {process.communicate()}")
         time.sleep(0.01)
-
-
-def verify_with_nnunet(dataset: Path, capfd) -> None:
-    """nnU-Net v2's own checker; it raises on errors and only prints warnings (geometry), so both are checked."""
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    capfd.readouterr()
-    verify_dataset_integrity(str(dataset), num_processes=1)
-    printed = capfd.readouterr()
-    text = printed.out + printed.err
-    assert "verify_dataset_integrity Done" in text
-    assert "Warning" not in text and "Error" not in text, text
 
 
 def monai_cases(dataset: Path) -> list[dict]:

@@ -25,7 +25,7 @@ QtCore = pytest.importorskip("PySide6.QtCore")
 QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 
-from conftest import make_model  # noqa: E402
+from conftest import make_model, verify_with_nnunet  # noqa: E402
 from SegmentLesionLib.ui import geometry, mrml, results  # noqa: E402
 from SegmentLesionLib.ui.model_section import MODEL_FOLDERS_KEY  # noqa: E402
 from SegmentLesionLib.ui.panel import SegmentLesionPanel, prop  # noqa: E402
@@ -867,7 +867,6 @@ def test_a_single_channel_model_shows_one_selector_again(make_panel, logic, soft
 
 def test_multi_sequence_case_exports_every_channel(app, make_panel, logic, softmax_sequence_model, tmp_path, capfd):
     from monai.data import load_decathlon_datalist
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     for node in list(results.nodes_by_class(logic.scene, "vtkMRMLScalarVolumeNode")):
         if node.GetName().startswith("sub01_"):  # another study's T1c would be the first T1c-like volume
@@ -892,10 +891,7 @@ def test_multi_sequence_case_exports_every_channel(app, make_panel, logic, softm
     flair = sitk.ReadImage(str(dataset / "imagesTr" / "pat2_0001.nii.gz"))
     t1c = sitk.ReadImage(str(dataset / "imagesTr" / "pat2_0000.nii.gz"))
     assert flair.GetSize() == t1c.GetSize() == (40, 36, 32)  # FLAIR resampled onto T1c's grid, as inference does
-    capfd.readouterr()
-    verify_dataset_integrity(str(dataset), num_processes=1)
-    printed = capfd.readouterr()
-    assert "verify_dataset_integrity Done" in printed.out + printed.err and "Error" not in printed.out + printed.err
+    verify_with_nnunet(dataset, capfd)
     cases = load_decathlon_datalist(str(dataset / "dataset.json"), is_segmentation=True, data_list_key="training")
     assert [Path(path).name for path in cases[0]["image"]] == ["pat2_0000.nii.gz", "pat2_0001.nii.gz"]
 
