@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -326,19 +327,39 @@ def _pool_workers(parent: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads process children from /proc (Linux)")
-def test_a_lost_worker_process_is_replaced_and_its_cases_retried(blob_model, cohort_folder, tmp_path):
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_lost_worker_process_is_replaced_and_its_cases_retried(blob_model, cohort_folder, tmp_path, attempt):
+    # The first worker is killed as soon as it exists, while the pool starts the second: CPython 3.11's pool then
+    # leaves that second worker alive and its shutdown waits for it for ever (seen as an intermittent hang of this
+    # test); the executor kills a broken pool's processes itself. Three times: the race is not hit every time.
     out = tmp_path / "out"
     process = _start_cohort([cohort_folder, "-o", out, "--model", blob_model, "--workers", "2"])
     try:
         victim = wait_for(lambda: (_pool_workers(process.pid) or [None])[0], "a worker process", 120)
         os.kill(victim, signal.SIGKILL)  # as the out-of-memory killer would
         stdout, stderr = process.communicate(timeout=300)
+        # No worker outlives the run (multiprocessing's resource tracker ends just after it: some seconds allowed).
+        left = _session_alive(process.pid, within_s=15.0)
     finally:
-        if process.poll() is None:
+        if process.poll() is None or _session_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr
     assert "6 segmented, 0 already done, 0 failed" in stdout
     assert victim not in {read_record(path).worker.pid for path in (out / "records").glob("[!.]*.json")}
+    assert not left
+
+
+def _session_alive(session: int, within_s: float = 0.0) -> bool:
+    """Whether a process of the run's process group (its session) is still alive after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            os.killpg(session, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.1)
 
 
 def test_a_two_sequence_model_runs_from_a_csv_manifest_as_segment_runs_it(softmax_sequence_model, tmp_path):

@@ -397,3 +397,46 @@ def test_write_randomised_dataset(tmp_path: Path) -> None:
     assert json.loads((only_colin / "dataset.json").read_text())["cases"][0]["anatomy"] == "colin27"
     with pytest.raises(InputError, match="anatomies"):
         _synthesize(["--output", str(tmp_path / "x"), "--generator", "randomised", "--anatomies", "mni152"])
+
+
+def test_real_texture_maps_the_real_t1_through_the_drawn_contrast(colin27_folder) -> None:
+    """Texture "real": the anatomy's real T1 mapped so that its CSF, grey and white matter take the drawn means,
+    whatever the contrast's direction (T2-like inverts it), real variation kept (deep grey matter in between)."""
+    from SegmentLesionLib.data.synthetic import randomised
+
+    source = anatomy.load_anatomy("colin27", spacing_mm=WORK_MM)
+    box = tuple(slice(0, n) for n in source.labels.shape)
+    csf, grey, white = source.anchors
+    assert 0.0 < csf < grey < white == pytest.approx(1.0, abs=0.1)
+    brain = np.isin(source.labels, randomised.REAL_TEXTURE_LABELS)
+    for means_wm_gm_csf in ((0.8, 0.55, 0.15), (0.35, 0.5, 0.95)):  # T1-like, T2-like
+        means = np.zeros(anatomy.N_LABELS, np.float32)
+        means[anatomy.WM], means[anatomy.GM], means[anatomy.CSF] = means_wm_gm_csf
+        mapped = randomised.real_texture(source, box, means)
+        for label in (anatomy.WM, anatomy.GM):
+            assert np.median(mapped[source.labels == label]) == pytest.approx(means[label], abs=0.06)
+        direction = np.sign(means[anatomy.WM] - means[anatomy.CSF])
+        correlation = np.corrcoef(source.intensity[brain], mapped[brain])[0, 1]
+        assert correlation * direction > 0.9
+        deep = np.median(mapped[source.labels == anatomy.DEEP_GM])
+        assert min(means[anatomy.WM], means[anatomy.GM]) < deep < max(means[anatomy.WM], means[anatomy.GM])
+        assert len(np.unique(mapped[source.labels == anatomy.WM])) > 10  # not one value per label
+
+
+def test_real_texture_changes_only_the_brain_tissue(colin27_folder) -> None:
+    flat = _randomised(21, contrast="t2", texture="labels", fov="head")
+    real = _randomised(21, contrast="t2", texture="real", fov="head")
+    assert flat.params.pop("texture") == "labels" and real.params.pop("texture") == "real"
+    assert flat.params == real.params  # the same anatomy, lesions, acquisition and finish
+    flat_image, *flat_rest = _arrays(flat)
+    real_image, *real_rest = _arrays(real)
+    for a, b in zip(flat_rest, real_rest):  # label, fraction, brain mask, label map
+        np.testing.assert_array_equal(a, b)
+    labels = flat_rest[-1]
+    textured = ndimage.binary_dilation(np.isin(labels, synthetic.randomised.REAL_TEXTURE_LABELS), iterations=4)
+    np.testing.assert_array_equal(flat_image[~textured], real_image[~textured])
+    assert not np.array_equal(flat_image[textured], real_image[textured])
+    drawn = {_randomised(seed, spacing_mm=6.0).params["texture"] for seed in range(8)}
+    assert drawn == {"labels", "real"}
+    with pytest.raises(ValueError, match="texture"):
+        _randomised(1, texture="smooth")

@@ -12,8 +12,12 @@ Steps (each one the project's own command or function):
   3. stage 1: `segment-lesion train --init scratch --seed 42 ...`, time-capped; stage 2: fine-tuning stage 1's
      model with hard negatives (half the patches on lesions, a quarter on the body's brightest or darkest voxels
      that are not lesion: `--pos-fraction 0.5 --hard-negative-fraction 0.5`), its learning rate decaying to 0;
-     rerun the recipe to continue an interrupted stage (`--resume` is passed when its checkpoint exists; stage 1
-     counts as done once its model folder is written);
+     stage 3: the same fine-tuning of stage 2's model at half the learning rate (more epochs on the same data);
+     stage 4: stage 3 fine-tuned on the randomised cases plus lesions inserted into the real Colin27 T1 as it was
+     acquired (the insertion generator, seeds 1..N/4 hyperintense and the next N/12 hypointense; its whole head with
+     the skull base, eyes and neck: where the randomised model's confident false positives were on a real T1);
+     rerun the recipe to continue an interrupted stage (`--resume` is passed when its checkpoint exists; a stage
+     counts as done once its model folder is written and no checkpoint is left);
   3b. the threshold, minimum lesion size and minimum lesion confidence chosen on the model's own validation
      cases (``tune_postprocessing``);
   4. `segment-lesion evaluate` on each held-out set;
@@ -77,6 +81,12 @@ STAGE2_ARGS = [
     "--hard-negative-fraction", "0.5",
     "--lr", "1e-3",
 ]  # fmt: skip
+STAGE3_ARGS = [
+    "--pos-fraction", "0.5",
+    "--hard-negative-fraction", "0.5",
+    "--lr", "5e-4",
+]  # fmt: skip
+STAGE4_ARGS = STAGE3_ARGS
 # Post-processing chosen on the model's validation cases (step 3b).
 TUNE_THRESHOLDS = (0.5, 0.6, 0.7)
 TUNE_MIN_ML = (0.01, 0.05, 0.1, 0.2)
@@ -140,11 +150,14 @@ def generate(args: argparse.Namespace, work: Path, folders: dict[str, str]) -> t
 
 
 def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
-    """Stage 1 from scratch into ``model_dir``_stage1, then stage 2 (fine-tuning it) into ``model_dir``.
+    """Stage 1 from scratch into ``model_dir``_stage1, stage 2 (fine-tuning it) into ``model_dir``_stage2, stage 3
+    (fine-tuning stage 2) into ``model_dir``; without stage 3 (``--stage3-epochs 0``) stage 2 writes ``model_dir``.
 
-    A stage runs when its model folder is missing (stage 1: delete it to continue a time-capped run), stage 2 also
-    when its checkpoint is there (a time-capped run goes on); each resumes its own checkpoint when one exists."""
+    A stage runs when its model folder is missing (stage 1: delete it to continue a time-capped run), stages 2 and 3
+    also when their checkpoint is there (a time-capped run goes on); each resumes its own checkpoint when one exists."""
     stage1 = model_dir.with_name(model_dir.name + "_stage1")
+    stage2 = model_dir.with_name(model_dir.name + "_stage2") if args.stage3_epochs else model_dir
+    stage3 = model_dir.with_name(model_dir.name + "_stage3") if args.stage4_epochs else model_dir
     # At least two validation cases, also in a small smoke run.
     shared = [*RUN_ARGS, "--val-fraction", f"{max(0.1, 2.0 / args.cases):.3f}"]
     if not _has_model(stage1):
@@ -152,8 +165,60 @@ def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
         if args.patch_size:
             stage1_args[stage1_args.index("--patch-size") + 1] = str(args.patch_size)
         _train_stage(train_dir, stage1, [*stage1_args, *shared], args.epochs, args.minutes)
-    if args.stage2_epochs and (not _has_model(model_dir) or Path(f"{model_dir}.checkpoint").exists()):
-        _train_stage(train_dir, model_dir, ["--init", str(stage1), *STAGE2_ARGS, *shared], args.stage2_epochs, args.stage2_minutes)
+    if args.stage2_epochs and _to_do(stage2):
+        _train_stage(train_dir, stage2, ["--init", str(stage1), *STAGE2_ARGS, *shared], args.stage2_epochs, args.stage2_minutes)
+    if args.stage3_epochs and _to_do(stage3):
+        _train_stage(train_dir, stage3, ["--init", str(stage2), *STAGE3_ARGS, *shared], args.stage3_epochs, args.stage3_minutes)
+    if args.stage4_epochs and _to_do(model_dir):
+        mixed = mixed_dataset(train_dir, args.cases)
+        _train_stage(mixed, model_dir, ["--init", str(stage3), *STAGE4_ARGS, *shared], args.stage4_epochs, args.stage4_minutes)
+
+
+def mixed_dataset(train_dir: Path, cases: int) -> Path:
+    """The randomised training set plus insertion cases (real Colin27 T1), as one dataset (files hard-linked)."""
+    work = train_dir.parent
+    mixed = work / "Dataset004_RandomisedAndInserted"
+    if (mixed / "dataset.json").exists():
+        return mixed
+    hyper, hypo = max(1, cases // 4), max(1, cases // 12)  # 200 cases: 50 and 16
+    parts = {"hyper": list(range(1, hyper + 1)), "hypo": list(range(hyper + 1, hyper + hypo + 1))}
+    sources = [train_dir]
+    for polarity, seeds in parts.items():
+        folder = work / f"Dataset005_Inserted_{polarity}"
+        if not (folder / "dataset.json").exists():
+            synthetic.write_dataset(folder, seeds, polarity=polarity, dataset_name=folder.name)
+        sources.append(folder)
+    training = []
+    for sub in ("imagesTr", "labelsTr"):
+        (mixed / sub).mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        prefix = "" if source == train_dir else source.name.rsplit("_", 1)[1] + "_"
+        for entry in json.loads((source / "dataset.json").read_text())["training"]:
+            item = {}
+            for key in ("image", "label"):
+                name = prefix + Path(entry[key]).name
+                target = mixed / Path(entry[key]).parent.name / name
+                if not target.exists():
+                    os.link(source / entry[key], target)
+                item[key] = f"./{target.parent.name}/{name}"
+            training.append(item)
+    base = json.loads((train_dir / "dataset.json").read_text())
+    meta = {key: base[key] for key in ("channel_names", "labels", "file_ending")}
+    meta.update({
+        "name": mixed.name, "numTraining": len(training), "training": training,
+        "description": "The randomised training set plus lesions inserted into the real Colin27 T1 (hyper- and hypointense).",
+        "reference": base.get("reference", ""), "parts": [source.name for source in sources],
+    })  # fmt: skip
+    (mixed / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return mixed
+
+
+def _to_do(folder: Path) -> bool:
+    """A fine-tuning stage still runs: no model yet, or its run stopped at its time cap (its checkpoint continues)."""
+    if not _has_model(folder):
+        return True
+    training = json.loads((folder / "configs" / "metadata.json").read_text())["segment_lesion"].get("training", {})
+    return training.get("stopped") == "max_minutes" and Path(f"{folder}.checkpoint").exists()
 
 
 def _has_model(folder: Path) -> bool:
@@ -162,7 +227,9 @@ def _has_model(folder: Path) -> bool:
 
 def _train_stage(train_dir: Path, output: Path, train_args: list[str], epochs: int, minutes: float) -> None:
     """One ``segment-lesion train`` run into ``output``, resuming its checkpoint when there is one."""
-    resume = ["--resume"] if Path(f"{output}.checkpoint").exists() else []
+    # A checkpoint is resumed when it is this stage's own (a time-capped run); a finished run's is replaced.
+    checkpoint = Path(f"{output}.checkpoint")
+    resume = ["--resume"] if checkpoint.exists() and _to_do(output) else []
     run(
         cli("train", "--dataset", str(train_dir), "--output", str(output), *train_args, *resume,
             "--max-epochs", str(epochs), "--max-minutes", str(minutes),
@@ -263,6 +330,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=400, help="stage 1 epochs (its learning rate decays over them)")
     parser.add_argument("--stage2-epochs", type=int, default=100, help="stage 2 (hard-negative fine-tuning) epochs; 0 = none")
     parser.add_argument("--stage2-minutes", type=float, default=100.0, help="stage 2 time cap")
+    parser.add_argument("--stage3-epochs", type=int, default=100, help="stage 3 (stage 2 fine-tuned further) epochs; 0 = none")
+    parser.add_argument("--stage3-minutes", type=float, default=75.0, help="stage 3 time cap")
+    parser.add_argument("--stage4-epochs", type=int, default=60, help="stage 4 (with the insertion cases) epochs; 0 = none")
+    parser.add_argument("--stage4-minutes", type=float, default=40.0, help="stage 4 time cap")
     parser.add_argument("--patch-size", type=int, help="training patch (default 64)")
     parser.add_argument("--heldout", type=int, default=5, help="held-out cases per contrast family (default 5)")
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
@@ -276,7 +347,7 @@ def main() -> int:
     if not args.skip_train:
         train(args, train_dir, model_dir)
     if not args.skip_train or not (work / "postprocessing_tuning.json").exists():
-        tune_postprocessing(model_dir, train_dir, work)
+        tune_postprocessing(model_dir, mixed_dataset(train_dir, args.cases) if args.stage4_epochs else train_dir, work)
     results = evaluate(model_dir, heldout, work)
     (work / "heldout_summary.json").write_text(json.dumps({"leave_out": args.leave_out, "heldout": results}, indent=2) + "\n")
     if args.install:

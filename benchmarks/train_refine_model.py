@@ -172,10 +172,16 @@ def next_round(network: torch.nn.Module, inputs: torch.Tensor, target: torch.Ten
     return torch.from_numpy(np.stack(batch_inputs)), torch.from_numpy(np.stack(weights))
 
 
-def train(work: Path, patches: list[Patch], minutes: float) -> tuple[torch.nn.Module, dict]:
+def train(
+    work: Path, patches: list[Patch], minutes: float, init: Path | None = None, lr: float = LEARNING_RATE
+) -> tuple[torch.nn.Module, dict]:
+    """Train (from ``init``'s weights when given: a refinement model folder of the same network) for ``minutes``."""
     torch.manual_seed(SEED)
     network = build_network(NETWORK)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
+    if init is not None and not (work / "checkpoint.pt").exists():
+        network.load_state_dict(torch.load(init / "models" / "model.pt", map_location="cpu", weights_only=True))
+        print(f"fine-tuning {init}", flush=True)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     checkpoint = work / "checkpoint.pt"
     step, elapsed, cpu_before, history = 0, 0.0, 0.0, []
     if checkpoint.exists():
@@ -204,7 +210,7 @@ def train(work: Path, patches: list[Patch], minutes: float) -> tuple[torch.nn.Mo
         if elapsed >= budget:
             break
         for group in optimiser.param_groups:  # polynomial decay over the time budget
-            group["lr"] = LEARNING_RATE * max(1.0 - elapsed / budget, 0.02) ** 0.9
+            group["lr"] = lr * max(1.0 - elapsed / budget, 0.02) ** 0.9
         rounds = 1 + int(rng.random() < MORE_ROUNDS[0]) + int(rng.random() < MORE_ROUNDS[1])
         for _ in range(rounds - 1):
             inputs, weight = next_round(network, inputs, target, rng)
@@ -245,7 +251,7 @@ def save_checkpoint(path: Path, network, optimiser, step: int, elapsed: float, c
 def model_spec(summary: dict, cases: int, patches: int) -> ModelSpec:
     return ModelSpec(
         name=MODEL_NAME,
-        version=MODEL_VERSION,
+        version=summary.get("version", MODEL_VERSION),
         network_def=NETWORK,
         labels=[LabelInfo(1, "lesion", [0.94, 0.35, 0.20])],
         in_channels=4,
@@ -274,7 +280,7 @@ def model_spec(summary: dict, cases: int, patches: int) -> ModelSpec:
             "patches": patches,
             "train_crop": TRAIN_CROP,
             "batch_size": BATCH,
-            "learning_rate": LEARNING_RATE,
+            "learning_rate": summary.get("parent", {}).get("lr", LEARNING_RATE),
             "scenarios": dict(zip(corrections.SCENARIOS, corrections.SCENARIO_WEIGHTS)),
             "more_rounds": list(MORE_ROUNDS),
             "device": "cpu",
@@ -310,8 +316,7 @@ region; in some batches 1-2 more rounds feed the network's prediction back as th
 
 ## Training
 AdamW lr {lr}, weighted cross-entropy + Dice, batch {batch} of {train_crop}^3 crops, flips and intensity jitter,
-{steps} steps in {minutes} minutes of wall time, {cpu_minutes} CPU minutes, {threads} torch threads (the 2-core machine
-was shared with other training runs: the load average stayed between 6 and 15, so this run got a fraction of it).
+{steps} steps in {minutes} minutes of wall time, {cpu_minutes} CPU minutes, {threads} torch threads.{lineage}
 
 ## Accuracy
 See `python benchmarks/bench_refine.py` (held-out generated cases of the ROBEX anatomy) and the README's table.
@@ -321,8 +326,17 @@ These figures are on generated cases, not on real patients.
 
 def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int, patches: int) -> Path:
     spec = model_spec(summary, cases, patches)
+    parent = summary.get("parent")
+    lineage = (
+        f" Fine-tuned from {parent['name']} {parent['version']} (its weights; the optimiser and the learning-rate decay"
+        f" started anew), whose own training was {parent.get('steps', '?')} steps in {parent.get('minutes', '?')} minutes"
+        " on a 2-core machine shared with other training runs (load average 6-15)."
+        if parent
+        else ""
+    )
     card = MODEL_CARD.format(
-        version=MODEL_VERSION,
+        version=summary.get("version", MODEL_VERSION),
+        lineage=lineage,
         parameters=sum(p.numel() for p in network.parameters()),
         crop=INFERENCE_CROP,
         spacing=SPACING,
@@ -330,7 +344,7 @@ def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int,
         seed=SEED,
         cases=cases,
         patches=patches,
-        lr=LEARNING_RATE,
+        lr=parent["lr"] if parent else LEARNING_RATE,
         batch=BATCH,
         train_crop=TRAIN_CROP,
         steps=summary["steps"],
@@ -347,6 +361,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=120, help="generated training cases (seeds 1..N)")
     parser.add_argument("--minutes", type=float, default=85.0, help="training wall-time cap (a shared 2-core machine: 85)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, help="fine-tune this refinement model folder (same network) instead of starting from scratch")
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"peak learning rate (default {LEARNING_RATE})")
+    parser.add_argument("--version", default=MODEL_VERSION, help=f"the model's version (default {MODEL_VERSION})")
     parser.add_argument("--install", action="store_true", help="copy the model folder into SegmentLesion/Resources/Models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -354,7 +371,13 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     patches = prepare_patches(args.work, args.cases)
     print(f"{len(patches)} patches", flush=True)
-    network, summary = train(args.work, patches, args.minutes)
+    network, summary = train(args.work, patches, args.minutes, args.init, args.lr)
+    if args.init is not None:
+        parent = json.loads((args.init / "configs" / "metadata.json").read_text())
+        trained = parent.get("segment_lesion", {}).get("training", {})
+        summary["parent"] = {"name": parent["name"], "version": parent["version"], "lr": args.lr}
+        summary["parent"].update({key: trained[key] for key in ("steps", "minutes") if key in trained})
+    summary["version"] = args.version
     folder = write_model(args.work, network, summary, args.cases, len(patches))
     write_json({key: summary[key] for key in ("steps", "minutes", "cpu_minutes")}, args.work / "summary.json")
     print(f"model written to {folder}", flush=True)

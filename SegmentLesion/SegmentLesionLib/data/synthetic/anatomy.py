@@ -56,6 +56,9 @@ class Anatomy:
         depth: float32 distance (mm) inside the brain to its boundary (0 outside).
         places: category (``deep_wm``, ``juxtacortical``, ``periventricular``; ``dura``, the brain's outer
             shell) -> flat voxel indices.
+        intensity: the real T1 on the same grid (float32), divided by its white-matter median.
+        anchors: the median of ``intensity`` in the anatomy's CSF, grey and white matter (ascending), where a
+            case's contrast maps the real T1's texture (``randomised.py``, texture ``real``).
     """
 
     name: str
@@ -64,6 +67,8 @@ class Anatomy:
     labels: np.ndarray
     depth: np.ndarray
     places: dict[str, np.ndarray]
+    intensity: np.ndarray
+    anchors: tuple[float, float, float]
 
 
 def robex_dir(folder: str | os.PathLike | None = None) -> Path:
@@ -218,7 +223,10 @@ def build_anatomy(name: str, t1_img: sitk.Image, brain_img: sitk.Image, aal: np.
     depth.setflags(write=False)
     places = _places(labels, spacing, depth)
     places["dura"] = np.flatnonzero(shell)
-    return Anatomy(name, SOURCES.get(name, name), t1_img, labels, depth, places)
+    intensity = (t1 / np.float32(wm)).astype(np.float32)
+    intensity.setflags(write=False)
+    anchors = tuple(float(np.median(intensity[labels == label])) for label in (CSF, GM, WM))
+    return Anatomy(name, SOURCES.get(name, name), t1_img, labels, depth, places, intensity, anchors)
 
 
 @functools.lru_cache(maxsize=4)

@@ -7,6 +7,12 @@ slice axis of any storage orientation (axial, coronal, sagittal, sometimes obliq
 averaging over the slice, a field of view of the whole head, the brain with some skull, or the skull-stripped
 brain; then a bias field, gamma, noise and any intensity scale.
 
+Texture: in half of the cases (``texture="real"``) the brain tissue is not one Gaussian per label but the
+anatomy's real T1 mapped through the case's contrast (piecewise linear through the real CSF, grey and white
+matter levels onto the drawn CSF, grey and white matter means), so the network also sees real intra-tissue
+variation (deep grey matter, brainstem, cerebellar folia, partial volume) in every contrast and learns that it is
+not lesion; lesions, oedema, hard negatives and the tissues outside the brain keep their drawn Gaussians.
+
 The lesion indicator undergoes exactly the linear operations of the image (slice averaging, anti-aliasing,
 linear resampling) and the label is that fraction ``>= 0.5`` on the output grid.
 """
@@ -23,7 +29,7 @@ from scipy import ndimage
 
 from ...engine.preprocess import orientation_direction
 from .acquisition import bias_field
-from .anatomy import ANATOMIES, BRAIN_LABELS, Anatomy, load_anatomy
+from .anatomy import ANATOMIES, BRAIN_LABELS, CEREBELLUM, CSF, DEEP_GM, GM, VENTRICLE, WM, Anatomy, load_anatomy
 from .contrast import FAMILIES, FAMILY_WEIGHTS, draw_intensities
 from .deformation import draw_deformation, source_indices
 from .geometry import ORIENTATIONS, random_unit, rotation_from_axis_angle
@@ -32,6 +38,10 @@ from .randomised_lesions import LESION_LABELS, MAX_COUNT, RandomLesion, paint_ha
 FOV_MODES = ("head", "brain", "stripped")
 FOV_WEIGHTS = (0.5, 0.25, 0.25)
 INTENSITY_SCALES = (1.0, 255.0, 1000.0, 4095.0, 30000.0)
+TEXTURES = ("labels", "real")
+REAL_TEXTURE_PROBABILITY = 0.5
+# The brain tissues that take the real T1's texture (texture "real").
+REAL_TEXTURE_LABELS = (WM, GM, DEEP_GM, CSF, VENTRICLE, CEREBELLUM)
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,25 @@ class RandomisedCase:
 
 
 def case_streams(seed: int) -> list[np.random.Generator]:
-    """Independent streams (deformation, lesions, tissue, acquisition, noise, field of view) of one seed."""
-    return [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 2023]).spawn(6)]
+    """Independent streams (deformation, lesions, tissue, acquisition, noise, field of view, texture) of one seed.
+
+    The seventh (texture) came later: spawned children depend only on their index, so the first six are the
+    streams they always were."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 2023]).spawn(7)]
+
+
+def real_texture(source: Anatomy, box: tuple[slice, ...], means: np.ndarray) -> np.ndarray:
+    """The anatomy's real T1 in ``box`` mapped onto the case's CSF, grey and white matter means.
+
+    Piecewise linear through (real CSF, GM, WM level) -> (drawn CSF, GM, WM mean), continued with the end
+    segments' slopes and clipped to 0..1.2: monotone or not, as the drawn contrast is (T2-like inverts it)."""
+    xs = np.asarray(source.anchors, dtype=np.float64)
+    ys = np.array([means[CSF], means[GM], means[WM]], dtype=np.float64)
+    low = (ys[1] - ys[0]) / (xs[1] - xs[0])
+    high = (ys[2] - ys[1]) / (xs[2] - xs[1])
+    xs = np.concatenate([[0.0], xs, [xs[2] + 1.0]])
+    ys = np.concatenate([[ys[0] - low * xs[1]], ys, [ys[2] + high]])
+    return np.clip(np.interp(source.intensity[box], xs, ys), 0.0, 1.2).astype(np.float32)
 
 
 def _spacing(rng: np.random.Generator, spacing_mm: float | Sequence[float] | None) -> tuple[float, float, float]:
@@ -192,7 +219,7 @@ def _to_image(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
     return image
 
 
-def _check(seed: int, anatomy: str, contrast: str | None, n_lesions: int | None) -> int:
+def _check(seed: int, anatomy: str, contrast: str | None, n_lesions: int | None, texture: str | None = None) -> int:
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
@@ -200,6 +227,8 @@ def _check(seed: int, anatomy: str, contrast: str | None, n_lesions: int | None)
         raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     if contrast is not None and contrast not in FAMILIES:
         raise ValueError(f"contrast must be one of {FAMILIES}, got {contrast!r}")
+    if texture is not None and texture not in TEXTURES:
+        raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
     if n_lesions is not None and not 0 <= int(n_lesions) <= MAX_COUNT:
         raise ValueError(f"n_lesions must be between 0 and {MAX_COUNT}, got {n_lesions}")
     return seed
@@ -226,6 +255,7 @@ def generate_randomised_case(
     working_spacing_mm: float | None = None,
     max_voxels: float = 16e6,
     with_labels: bool = False,
+    texture: str | None = None,
 ) -> RandomisedCase:
     """Generate one domain-randomised case (deterministic from its seed and options).
 
@@ -239,14 +269,18 @@ def generate_randomised_case(
         working_spacing_mm: build the anatomy on a coarser isotropic grid (fast tests); default its own grid.
         max_voxels: cap on the output size (fine in-plane grids of a whole head get coarser in-plane).
         with_labels: also return the deformed label map on the output grid.
+        texture: ``"labels"`` (one Gaussian per label) or ``"real"`` (the brain's real T1 texture through the
+            case's contrast, see the module's docstring); drawn when ``None`` (real with probability 0.5).
 
     Raises:
         ValueError: invalid arguments.
         FileNotFoundError: the anatomy's files are not in its folder.
     """
-    seed = _check(seed, anatomy, contrast, n_lesions)
+    seed = _check(seed, anatomy, contrast, n_lesions, texture)
     source = load_anatomy(anatomy, folder, working_spacing_mm)
-    rng_deform, _, rng_tissue, _, rng_noise, rng_fov = streams = case_streams(seed)
+    rng_deform, _, rng_tissue, _, rng_noise, rng_fov, rng_texture = streams = case_streams(seed)
+    drawn_texture = "real" if rng_texture.random() < REAL_TEXTURE_PROBABILITY else "labels"
+    texture = texture or drawn_texture
     labels, lesions, negatives = _label_map(streams, source, n_lesions)
     family = contrast or str(rng_tissue.choice(FAMILIES, p=FAMILY_WEIGHTS))
     means, stds = draw_intensities(rng_tissue, family)
@@ -258,6 +292,9 @@ def generate_randomised_case(
     box = _crop(index, labels.shape, pad)
     crop = labels[box]
     tissue = means[crop] + stds[crop] * rng_tissue.standard_normal(crop.shape, dtype=np.float32)
+    if texture == "real":
+        textured = np.isin(crop, REAL_TEXTURE_LABELS)
+        tissue[textured] += real_texture(source, box, means)[textured] - means[crop[textured]]
     image = _sample(_slice_profile(tissue, source.reference, acquisition), index, box, order=1)
     fraction = _lesion_fraction(np.isin(crop, LESION_LABELS), index, box, source.reference, acquisition, pad)
     # Nearest neighbour, and every lesion voxel (its fraction went through the slice profile) counts as brain.
@@ -266,6 +303,7 @@ def generate_randomised_case(
         image *= ndimage.gaussian_filter(brain.astype(np.float32), 0.7)  # a slightly soft edge, as brain extraction leaves
     image, finish_params = _finish(rng_noise, image)
     params = {"seed": seed, "anatomy": anatomy, "source": source.source, "contrast": family, "fov": acquisition.fov}
+    params["texture"] = texture
     params.update({"spacing_mm": tuple(float(v) for v in grid.GetSpacing()), "orientation": acquisition.orientation})
     params.update({"oblique_deg": acquisition.oblique_deg, "slice_thickness_mm": float(grid.GetSpacing()[2])})
     params.update({**grid_params, "deformation": deform.params(), **finish_params, "hard_negatives": negatives})

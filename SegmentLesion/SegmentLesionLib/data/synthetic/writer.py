@@ -159,7 +159,7 @@ def write_dataset(
     return write_nnunet_dataset(Path(out_dir), cases, extra)
 
 
-RANDOMISED_OPTIONS = ("contrast", "spacing_mm", "fov", "n_lesions", "working_spacing_mm", "max_voxels")
+RANDOMISED_OPTIONS = ("contrast", "spacing_mm", "fov", "n_lesions", "working_spacing_mm", "max_voxels", "texture")
 
 
 def anatomy_of(seed: int, anatomies: tuple[str, ...]) -> str:
@@ -205,7 +205,7 @@ def write_randomised_dataset(
     def make(seed: int) -> tuple[sitk.Image, sitk.Image]:
         name = anatomy_of(seed, names)
         case = generate_randomised_case(seed, anatomy=name, folder=folders.get(name), **case_kwargs)
-        keys = ("anatomy", "contrast", "fov", "spacing_mm", "orientation")
+        keys = ("anatomy", "contrast", "texture", "fov", "spacing_mm", "orientation")
         records.append({"case_id": f"case_{seed:05d}", **{k: case.params[k] for k in keys}, "lesions": len(case.lesions)})
         return case.image, case.label
 

@@ -74,6 +74,14 @@ def _run_in_worker(task: CaseTask) -> CaseRecord:
     return _WORKER.run(task)
 
 
+def _kill_processes(processes: set, grace_s: float = 10.0) -> None:
+    """SIGKILL and reap processes (a broken pool's queues may be locked: nothing else is sure to end them)."""
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(grace_s)
+
+
 class ProcessExecutor:
     """``workers`` local processes (spawned: no state shared with this one), each with the model loaded once.
 
@@ -92,18 +100,32 @@ class ProcessExecutor:
             queue = self._run_pool(queue, attempts, on_record)
 
     def _run_pool(self, queue: list[CaseTask], attempts: dict[str, int], on_record: RecordCallback) -> list[CaseTask]:
-        """Run ``queue`` in one pool; return the tasks to try again in a new pool (their worker died)."""
+        """Run ``queue`` in one pool; return the tasks to try again in a new pool (their worker died).
+
+        A pool whose worker died is ended by killing its processes before ``shutdown``: CPython 3.11's pool
+        terminates only the workers it had registered when it noticed the death, so a worker being started in that
+        moment lives on, waiting for work, and ``shutdown(wait=True)`` (and the interpreter's exit) would wait for
+        it for ever; starting a worker can also fail then (``submit`` raises)."""
         context = multiprocessing.get_context("spawn")
         retry: list[CaseTask] = []
+        before = set(multiprocessing.active_children())
         pool = ProcessPoolExecutor(self.workers, context, initializer=_start_worker, initargs=(self.setup,))
+        broken = False
         try:
             pending = list(queue)
             running: dict[Future, CaseTask] = {}
             while pending or running:
-                while pending and len(running) < self.workers:
+                while pending and len(running) < self.workers and not broken:
+                    try:
+                        future = pool.submit(_run_in_worker, pending[0])
+                    except (BrokenProcessPool, OSError, RuntimeError):  # the pool broke as a worker was started
+                        broken = True
+                        break
                     task = pending.pop(0)
                     attempts[task.case.case_id] += 1
-                    running[pool.submit(_run_in_worker, task)] = task
+                    running[future] = task
+                if not running:  # the pool broke before anything ran in it
+                    return self._give_up(retry, attempts, on_record) + pending
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     task = running.pop(future)
@@ -111,7 +133,8 @@ class ProcessExecutor:
                         on_record(future.result())
                     except BrokenProcessPool:
                         retry.append(task)
-                if retry:  # the pool is broken: the cases in flight are lost (unless just finished), the rest waits
+                        broken = True
+                if broken:  # the cases in flight are lost (unless just finished), the rest waits for a new pool
                     for future, task in running.items():
                         try:
                             on_record(future.result())
@@ -119,6 +142,8 @@ class ProcessExecutor:
                             retry.append(task)
                     return self._give_up(retry, attempts, on_record) + pending
         finally:
+            if broken:
+                _kill_processes(set(multiprocessing.active_children()) - before)
             pool.shutdown(wait=True, cancel_futures=True)
         return []
 
