@@ -150,28 +150,31 @@ def generate(args: argparse.Namespace, work: Path, folders: dict[str, str]) -> t
 
 
 def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
-    """Stage 1 from scratch into ``model_dir``_stage1, stage 2 (fine-tuning it) into ``model_dir``_stage2, stage 3
-    (fine-tuning stage 2) into ``model_dir``; without stage 3 (``--stage3-epochs 0``) stage 2 writes ``model_dir``.
+    """The enabled stages in turn, each fine-tuning the one before; stage N writes ``model_dir``_stageN, the last
+    enabled one writes ``model_dir`` (a stage is off with ``--stageN-epochs 0``).
 
-    A stage runs when its model folder is missing (stage 1: delete it to continue a time-capped run), stages 2 and 3
-    also when their checkpoint is there (a time-capped run goes on); each resumes its own checkpoint when one exists."""
-    stage1 = model_dir.with_name(model_dir.name + "_stage1")
-    stage2 = model_dir.with_name(model_dir.name + "_stage2") if args.stage3_epochs else model_dir
-    stage3 = model_dir.with_name(model_dir.name + "_stage3") if args.stage4_epochs else model_dir
+    Stage 1 runs when its model folder is missing (delete it to continue a time-capped run); a later stage also when
+    it stopped at its time cap with its checkpoint there (the run goes on); each resumes its own checkpoint."""
     # At least two validation cases, also in a small smoke run.
     shared = [*RUN_ARGS, "--val-fraction", f"{max(0.1, 2.0 / args.cases):.3f}"]
-    if not _has_model(stage1):
-        stage1_args = list(TRAIN_ARGS)
-        if args.patch_size:
-            stage1_args[stage1_args.index("--patch-size") + 1] = str(args.patch_size)
-        _train_stage(train_dir, stage1, [*stage1_args, *shared], args.epochs, args.minutes)
-    if args.stage2_epochs and _to_do(stage2):
-        _train_stage(train_dir, stage2, ["--init", str(stage1), *STAGE2_ARGS, *shared], args.stage2_epochs, args.stage2_minutes)
-    if args.stage3_epochs and _to_do(stage3):
-        _train_stage(train_dir, stage3, ["--init", str(stage2), *STAGE3_ARGS, *shared], args.stage3_epochs, args.stage3_minutes)
-    if args.stage4_epochs and _to_do(model_dir):
-        mixed = mixed_dataset(train_dir, args.cases)
-        _train_stage(mixed, model_dir, ["--init", str(stage3), *STAGE4_ARGS, *shared], args.stage4_epochs, args.stage4_minutes)
+    stage1_args = list(TRAIN_ARGS)
+    if args.patch_size:
+        stage1_args[stage1_args.index("--patch-size") + 1] = str(args.patch_size)
+    stages = [
+        (1, train_dir, stage1_args, args.epochs, args.minutes),
+        (2, train_dir, STAGE2_ARGS, args.stage2_epochs, args.stage2_minutes),
+        (3, train_dir, STAGE3_ARGS, args.stage3_epochs, args.stage3_minutes),
+        (4, None, STAGE4_ARGS, args.stage4_epochs, args.stage4_minutes),  # its data: mixed_dataset
+    ]
+    stages = [stage for stage in stages if stage[3]]
+    previous: Path | None = None
+    for position, (number, data, stage_args, epochs, minutes) in enumerate(stages):
+        output = model_dir if position == len(stages) - 1 else model_dir.with_name(f"{model_dir.name}_stage{number}")
+        due = not _has_model(output) if previous is None else _to_do(output)
+        if due:
+            init = [] if previous is None else ["--init", str(previous)]
+            _train_stage(data or mixed_dataset(train_dir, args.cases), output, [*init, *stage_args, *shared], epochs, minutes)
+        previous = output
 
 
 def mixed_dataset(train_dir: Path, cases: int) -> Path:
@@ -339,6 +342,10 @@ def main() -> int:
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
     parser.add_argument("--skip-train", action="store_true", help="evaluate / install an already trained model")
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error("stage 1 (from scratch) needs --epochs >= 1")
+    if args.leave_out == "colin27" and args.stage4_epochs:
+        parser.error("stage 4 inserts lesions into the real Colin27 T1: with --leave-out colin27 pass --stage4-epochs 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the generator logs each case and its time
     work = args.work
     folders = fetch_sources(work)

@@ -280,7 +280,7 @@ def model_spec(summary: dict, cases: int, patches: int) -> ModelSpec:
             "patches": patches,
             "train_crop": TRAIN_CROP,
             "batch_size": BATCH,
-            "learning_rate": summary.get("parent", {}).get("lr", LEARNING_RATE),
+            "learning_rate": summary.get("learning_rate", LEARNING_RATE),
             "scenarios": dict(zip(corrections.SCENARIOS, corrections.SCENARIO_WEIGHTS)),
             "more_rounds": list(MORE_ROUNDS),
             "device": "cpu",
@@ -344,7 +344,7 @@ def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int,
         seed=SEED,
         cases=cases,
         patches=patches,
-        lr=parent["lr"] if parent else LEARNING_RATE,
+        lr=summary.get("learning_rate", LEARNING_RATE),
         batch=BATCH,
         train_crop=TRAIN_CROP,
         steps=summary["steps"],
@@ -375,8 +375,9 @@ def main() -> int:
     if args.init is not None:
         parent = json.loads((args.init / "configs" / "metadata.json").read_text())
         trained = parent.get("segment_lesion", {}).get("training", {})
-        summary["parent"] = {"name": parent["name"], "version": parent["version"], "lr": args.lr}
-        summary["parent"].update({key: trained[key] for key in ("steps", "minutes") if key in trained})
+        summary["parent"] = {"name": parent["name"], "version": parent["version"]}
+        summary["parent"].update({key: trained[key] for key in ("learning_rate", "steps", "minutes") if key in trained})
+    summary["learning_rate"] = args.lr
     summary["version"] = args.version
     folder = write_model(args.work, network, summary, args.cases, len(patches))
     write_json({key: summary[key] for key in ("steps", "minutes", "cpu_minutes")}, args.work / "summary.json")
