@@ -26,9 +26,15 @@ Steps (each one the project's own command or function):
 Each step is skipped when its output is complete (dataset.json is written last, so a dataset is complete
 when it exists).
 
+Budget (issue 11: about 2 hours on 2 CPU cores): 120 + 90 + 60 + 60 epochs of 60 iterations, each stage capped
+at 40 + 25 + 20 + 20 minutes (105 in all; a cap that binds stops a stage before its learning rate has decayed),
+plus about 5 minutes of data. The earlier defaults (400 + 100 + 100 + 60 epochs, caps 110 + 100 + 75 + 40) ran
+221 minutes on 2026-12-03's 2-core machine (0.72 minutes per stage-1 epoch there, 0.20 on 2026-12-04's); the
+model in wip/default-model/ came from them.
+
 `--generator insertion` reproduces the data of the bundled model 1.0.0 (lesions inserted into Colin27).
 
-Usage: python benchmarks/train_default_model.py [--work build/default-model] [--cases 200] [--minutes 110]
+Usage: python benchmarks/train_default_model.py [--work build/default-model] [--cases 200] [--minutes 40]
            [--leave-out colin27|robex] [--generator randomised|insertion] [--install] [--skip-train]
 """
 
@@ -329,14 +335,14 @@ def main() -> int:
     parser.add_argument("--generator", choices=("randomised", "insertion"), default="randomised")
     parser.add_argument("--cases", type=int, default=200, help="training cases (seeds 1..N)")
     parser.add_argument("--leave-out", choices=ANATOMIES, help="train without this anatomy and evaluate on it")
-    parser.add_argument("--minutes", type=float, default=110.0, help="training time cap per run (2 CPU cores: about 110)")
-    parser.add_argument("--epochs", type=int, default=400, help="stage 1 epochs (its learning rate decays over them)")
-    parser.add_argument("--stage2-epochs", type=int, default=100, help="stage 2 (hard-negative fine-tuning) epochs; 0 = none")
-    parser.add_argument("--stage2-minutes", type=float, default=100.0, help="stage 2 time cap")
-    parser.add_argument("--stage3-epochs", type=int, default=100, help="stage 3 (stage 2 fine-tuned further) epochs; 0 = none")
-    parser.add_argument("--stage3-minutes", type=float, default=75.0, help="stage 3 time cap")
+    parser.add_argument("--minutes", type=float, default=40.0, help="stage 1 time cap (the four caps sum to 105 minutes)")
+    parser.add_argument("--epochs", type=int, default=120, help="stage 1 epochs (its learning rate decays over them)")
+    parser.add_argument("--stage2-epochs", type=int, default=90, help="stage 2 (hard-negative fine-tuning) epochs; 0 = none")
+    parser.add_argument("--stage2-minutes", type=float, default=25.0, help="stage 2 time cap")
+    parser.add_argument("--stage3-epochs", type=int, default=60, help="stage 3 (stage 2 fine-tuned further) epochs; 0 = none")
+    parser.add_argument("--stage3-minutes", type=float, default=20.0, help="stage 3 time cap")
     parser.add_argument("--stage4-epochs", type=int, default=60, help="stage 4 (with the insertion cases) epochs; 0 = none")
-    parser.add_argument("--stage4-minutes", type=float, default=40.0, help="stage 4 time cap")
+    parser.add_argument("--stage4-minutes", type=float, default=20.0, help="stage 4 time cap")
     parser.add_argument("--patch-size", type=int, help="training patch (default 64)")
     parser.add_argument("--heldout", type=int, default=5, help="held-out cases per contrast family (default 5)")
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
