@@ -230,7 +230,13 @@ def train(
             saved = time.perf_counter()
     cpu = cpu_used()
     save_checkpoint(checkpoint, network, optimiser, step, min(elapsed, budget), cpu, history)
-    summary = {"steps": step, "minutes": round(min(elapsed, budget) / 60, 2), "cpu_minutes": round(cpu / 60, 2), "history": history}
+    summary = {
+        "learning_rate": lr,
+        "steps": step,
+        "minutes": round(min(elapsed, budget) / 60, 2),
+        "cpu_minutes": round(cpu / 60, 2),
+        "history": history,
+    }
     return network, summary
 
 
@@ -280,7 +286,7 @@ def model_spec(summary: dict, cases: int, patches: int) -> ModelSpec:
             "patches": patches,
             "train_crop": TRAIN_CROP,
             "batch_size": BATCH,
-            "learning_rate": summary.get("learning_rate", LEARNING_RATE),
+            "learning_rate": summary["learning_rate"],
             "scenarios": dict(zip(corrections.SCENARIOS, corrections.SCENARIO_WEIGHTS)),
             "more_rounds": list(MORE_ROUNDS),
             "device": "cpu",
@@ -344,7 +350,7 @@ def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int,
         seed=SEED,
         cases=cases,
         patches=patches,
-        lr=summary.get("learning_rate", LEARNING_RATE),
+        lr=summary["learning_rate"],
         batch=BATCH,
         train_crop=TRAIN_CROP,
         steps=summary["steps"],
@@ -377,7 +383,6 @@ def main() -> int:
         trained = parent.get("segment_lesion", {}).get("training", {})
         summary["parent"] = {"name": parent["name"], "version": parent["version"]}
         summary["parent"].update({key: trained[key] for key in ("learning_rate", "steps", "minutes") if key in trained})
-    summary["learning_rate"] = args.lr
     summary["version"] = args.version
     folder = write_model(args.work, network, summary, args.cases, len(patches))
     write_json({key: summary[key] for key in ("steps", "minutes", "cpu_minutes")}, args.work / "summary.json")
