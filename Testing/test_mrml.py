@@ -142,6 +142,30 @@ def test_result_becomes_named_coloured_segments_on_the_volume_grid(logic, tmp_pa
     assert np.allclose(exported.GetDirection(), image.GetDirection()) and np.allclose(exported.GetOrigin(), image.GetOrigin())
 
 
+def test_result_on_a_transformed_volume_keeps_the_volume_grid_in_its_own_frame(logic, tmp_path):
+    """A volume under a linear transform: the segmentation follows the same transform, and its reference geometry
+    (the grid the Segment Editor paints on) is the volume's local grid, not transformed twice."""
+    image, labels, labelmap_path, _ = hand_case(tmp_path)
+    volume = load_volume(logic.scene, write(image, tmp_path / "t1.nrrd"))
+    transform = logic.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 25.0)
+    matrix.SetElement(1, 3, -10.0)
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    node = logic.import_result(volume, labelmap_path, LABELS, model={"name": "Test", "version": "1", "sha256": "ab" * 32})
+    assert node.GetTransformNodeID() == transform.GetID()
+    assert node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volume.GetID()
+    reference = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(
+        node.GetSegmentation().GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), reference
+    )
+    stored = vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(stored)
+    assert np.allclose(geometry.matrix_to_numpy(stored), geometry.ijk_to_ras(volume), atol=1e-6)
+    assert np.array_equal(logic.labelmap_array(node), labels)
+
+
 def test_the_shipped_terminology_lists_the_lesion_type_of_the_segments(logic, tmp_path):
     """Slicer's terminologies logic loads the shipped context file, and finds the segments' category and type in it."""
     image, labels, labelmap_path, probability_path = hand_case(tmp_path)

@@ -114,6 +114,15 @@ class qMRMLSegmentEditorWidget(QtWidgets.QWidget):  # noqa: N801
         self.segmentation_node = node
         self.history.SetSegmentation(node.GetSegmentation() if node is not None else None)
 
+    def segmentationNode(self):  # noqa: N802
+        return getattr(self, "segmentation_node", None)
+
+    def activeEffect(self):  # noqa: N802
+        return getattr(self, "active_effect", None)
+
+    def setActiveEffect(self, effect):  # noqa: N802
+        self.active_effect = effect
+
     def saveStateForUndo(self):  # noqa: N802
         self.history.SaveState()
 
@@ -1003,6 +1012,16 @@ def test_click_to_fix_adds_removes_undoes_and_the_export_counts_the_clicks(app, 
     # Undo (the Segment Editor's) reverts the click.
     ui.segmentEditorWidget.undo()
     assert np.array_equal(logic.labelmap_array(node) > 0, spheres[0])
+    # Also when the editor shows another segmentation by the time the click is applied: the undo state saved is
+    # the clicked segmentation's.
+    other = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "another")
+    press(view, missed)
+    ui.segmentEditorWidget.setSegmentationNode(other)
+    run_until(app, lambda: not panel.clicks.busy, timeout=60)
+    assert ui.segmentEditorWidget.segmentationNode() is node and np.array_equal(logic.labelmap_array(node), after_add)
+    ui.segmentEditorWidget.undo()
+    assert np.array_equal(logic.labelmap_array(node) > 0, spheres[0])
+    logic.scene.RemoveNode(other)
 
     # Shift+click removes the lesion under it; a right click too.
     removed_at = ras_of(image, tuple(int(round(v)) for v in np.argwhere(spheres[0]).mean(axis=0)))
@@ -1019,7 +1038,7 @@ def test_click_to_fix_adds_removes_undoes_and_the_export_counts_the_clicks(app, 
     assert view_presses == ["left"]
     labels = logic.labelmap_array(node) > 0
     assert not labels[spheres[0]].any() and np.array_equal(labels, (after_add > 0) & ~spheres[0])  # the same add, then the removal
-    assert [r["kind"] for r in logic.click_records(node)] == ["add", "remove", "add", "remove"]
+    assert [r["kind"] for r in logic.click_records(node)] == ["add", "add", "remove", "add", "remove"]
 
     # The export's provenance counts the clicks and names the lesion a click added.
     ui.datasetPathLineEdit.setCurrentPath(str(tmp_path / "dataset"))
@@ -1028,13 +1047,64 @@ def test_click_to_fix_adds_removes_undoes_and_the_export_counts_the_clicks(app, 
     case_id = next((tmp_path / "dataset" / "provenance").glob("*.json")).stem
     provenance = json.loads((tmp_path / "dataset" / "provenance" / f"{case_id}.json").read_text())
     clicks = provenance["clicks"]
-    assert (clicks["count"], clicks["add"], clicks["remove"]) == (4, 2, 2)
-    assert clicks["lesions_from_clicks"] == [1] and clicks["lesions"][0]["add_clicks"] == 2
+    assert (clicks["count"], clicks["add"], clicks["remove"]) == (5, 3, 2)
+    assert clicks["lesions_from_clicks"] == [1] and clicks["lesions"][0]["add_clicks"] == 3
 
     # Turning the mode off gives the presses back to the view.
     click(app, ui.clickFixButton)
     press(view, missed)
     assert view_presses == ["left", "left"] and not panel.clicks.busy
+
+
+class SliceViewStandIn:
+    """qMRMLSliceView's two conversions (Slicer 5.8+), here a light box's second pane: 100 pixels to the right."""
+
+    def __init__(self, slice_node):
+        self.slice_node = slice_node
+
+    def convertDeviceToXYZ(self, xy):  # noqa: N802
+        return [float(xy[0] - 100), float(xy[1]), 1.0]
+
+    def convertXYZToRAS(self, xyz):  # noqa: N802
+        return list(self.slice_node.GetXYToRAS().MultiplyPoint((*xyz[:2], 0.0, 1.0))[:3])
+
+
+def test_slice_view_clicks_take_presses_and_double_clicks_and_leave_them_to_an_active_effect(logic):
+    from SegmentLesionLib.ui.slice_clicks import SliceViewClicks
+
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(logic.scene, True)
+    slice_logic = slicer.vtkMRMLSliceLogic()
+    slice_logic.SetMRMLScene(logic.scene)
+    red = slice_logic.AddSliceNode("Red")
+    red.SetDimensions(256, 256, 1)
+    red.SetFieldOfView(128.0, 128.0, 1.0)
+    view = SliceWidgetStandIn(red)
+    view_presses = []
+    for event in (vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.LeftButtonDoubleClickEvent):
+        view.interactor.AddObserver(event, lambda *_: view_presses.append("view"), 0.0)
+    clicks, effect = [], []
+    views = SliceViewClicks(LayoutManagerStandIn({"Red": view}), lambda ras, remove: clicks.append((ras, remove)), lambda: not effect)
+    assert views.start() == 1
+    ras = press(view, [10.0, -20.0, 0.0])
+    view.interactor.InvokeEvent(vtk.vtkCommand.LeftButtonDoubleClickEvent)  # the second press of a quick pair
+    view.interactor.InvokeEvent(vtk.vtkCommand.RightButtonDoubleClickEvent)
+    assert [remove for _, remove in clicks] == [False, False, True] and view_presses == []
+    assert all(np.allclose(point, ras, atol=1e-6) for point, _ in clicks)
+    effect.append("Paint")  # a Segment Editor effect was picked: its strokes are not clicks
+    press(view, ras)
+    assert len(clicks) == 3 and view_presses == ["view"]
+    effect.clear()
+    # Where the widget has Slicer's own conversion (a light box's pane), the point is the view's.
+    view.sliceView = lambda: SliceViewStandIn(red)
+    x, y = view.interactor.GetEventPosition()
+    press(view, ras)
+    expected = red.GetXYToRAS().MultiplyPoint((x - 100.0, y, 0.0, 1.0))[:3]
+    assert np.allclose(clicks[-1][0], expected, atol=1e-6) and not np.allclose(clicks[-1][0], ras)
+    observers = view.interactor.HasObserver(vtk.vtkCommand.LeftButtonDoubleClickEvent)
+    views.stop()
+    assert observers and not views.active
+    press(view, ras)
+    assert len(clicks) == 4 and view_presses == ["view", "view"]
 
 
 def test_click_to_fix_needs_a_result_and_shows_one_message(app, make_panel, logic):

@@ -166,6 +166,9 @@ def train(args: argparse.Namespace, train_dir: Path, model_dir: Path) -> None:
     stage1_args = list(TRAIN_ARGS)
     if args.patch_size:
         stage1_args[stage1_args.index("--patch-size") + 1] = str(args.patch_size)
+    if args.channels:
+        at = stage1_args.index("--channels")
+        stage1_args[at : at + 5] = ["--channels", *(str(c) for c in args.channels)]
     stages = [
         (1, train_dir, stage1_args, args.epochs, args.minutes),
         (2, train_dir, STAGE2_ARGS, args.stage2_epochs, args.stage2_minutes),
@@ -344,6 +347,7 @@ def main() -> int:
     parser.add_argument("--stage4-epochs", type=int, default=60, help="stage 4 (with the insertion cases) epochs; 0 = none")
     parser.add_argument("--stage4-minutes", type=float, default=20.0, help="stage 4 time cap")
     parser.add_argument("--patch-size", type=int, help="training patch (default 64)")
+    parser.add_argument("--channels", type=int, nargs="+", metavar="C", help="UNet channels per level (default 8 16 32 64)")
     parser.add_argument("--heldout", type=int, default=5, help="held-out cases per contrast family (default 5)")
     parser.add_argument("--install", action="store_true", help="copy the model and the sample case into SegmentLesion/Resources")
     parser.add_argument("--skip-train", action="store_true", help="evaluate / install an already trained model")

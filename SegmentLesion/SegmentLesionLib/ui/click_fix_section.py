@@ -60,7 +60,10 @@ class ClickFixSection:
         self.on_applied = on_applied
         self.start_polling = start_polling
         self.refine_model = refine_model
-        self.views = SliceViewClicks(layout_manager, self.on_click) if layout_manager is not None else None
+        self.views = SliceViewClicks(layout_manager, self.on_click, self._takes_clicks) if layout_manager is not None else None
+        layout_changed = getattr(layout_manager, "layoutChanged", None)
+        if layout_changed is not None:  # a new layout has other slice views: observe those
+            layout_changed.connect(lambda *_: self.views.start() if self.views is not None and self.views.active else None)
         self.job: Optional[RefineJob] = None
         self.pending: list[tuple[str, list[float]]] = []
         self.ui.clickFixButton.setCheckable(True)
@@ -101,6 +104,11 @@ class ClickFixSection:
         if not started:
             self._uncheck()
 
+    def _takes_clicks(self) -> bool:
+        """Presses are the mode's unless a Segment Editor effect (Paint, Erase...) was picked since: then they are its."""
+        active_effect = getattr(self.ui.segmentEditorWidget, "activeEffect", None)
+        return active_effect is None or active_effect() is None
+
     def _uncheck(self) -> None:
         blocked = self.ui.clickFixButton.blockSignals(True)
         self.ui.clickFixButton.setChecked(False)
@@ -137,8 +145,14 @@ class ClickFixSection:
         if event.kind == "done":
             self.job = None
             with self.context.action("The click's result could not be applied."):
-                # As every Segment Editor effect: save the undo state right before the segmentation changes.
-                call_first(self.ui.segmentEditorWidget, ("saveStateForUndo",))
+                # As every Segment Editor effect: save the undo state right before the segmentation changes. The
+                # editor saves the segmentation it shows: the clicked one, also when another result was opened since.
+                editor = self.ui.segmentEditorWidget
+                shown = editor.segmentationNode() if hasattr(editor, "segmentationNode") else None
+                node = self.logic.scene.GetNodeByID(job.segmentation_node_id or "")
+                if node is not None and (shown is None or shown.GetID() != node.GetID()):
+                    editor.setSegmentationNode(node)
+                call_first(editor, ("saveStateForUndo",))
                 outcomes = self.logic.apply_refined(job)
                 self.on_applied()
                 self.set_status(self._describe(outcomes, job.seconds))

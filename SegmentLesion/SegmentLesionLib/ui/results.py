@@ -238,9 +238,10 @@ class SceneResults:
             node.SetAttribute(RESULT_ATTRIBUTE, "1")
         was_modifying = node.StartModify()
         try:
-            node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-            node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
+            # The transform first: the reference geometry is stored in the segmentation's own (local) frame, which
+            # Slicer computes from the transform between the two nodes; the call also sets the geometry reference.
             node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+            node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
             if masks:
                 order = region_paint_order(labelmap, masks, labels)
                 fill_region_segments(node, [masks[i] for i in order], ijk_to_ras(volume_node), [labels[i] for i in order])
