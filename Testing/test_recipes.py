@@ -32,9 +32,8 @@ recipe = _load_recipe()
 
 @pytest.fixture()
 def tiny_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The recipe's own stage arguments, with a network and epochs small enough for a test."""
+    """The recipe's own stage arguments, with epochs small enough for a test (the network: ``--channels``)."""
     tiny = list(recipe.TRAIN_ARGS)
-    tiny[tiny.index("--channels") : tiny.index("--channels") + 5] = ["--channels", "4", "8", "16"]
     tiny[tiny.index("--patch-size") + 1] = "16"
     run = list(recipe.RUN_ARGS)
     run[run.index("--iterations-per-epoch") + 1] = "3"
@@ -44,7 +43,7 @@ def tiny_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _args(**stages: int) -> argparse.Namespace:
-    values = {"cases": 5, "epochs": 1, "minutes": 5.0, "patch_size": None}
+    values = {"cases": 5, "epochs": 1, "minutes": 5.0, "patch_size": None, "channels": [4, 8, 16]}
     for number in (2, 3, 4):
         values[f"stage{number}_epochs"] = stages.get(f"stage{number}", 0)
         values[f"stage{number}_minutes"] = 5.0
@@ -60,7 +59,7 @@ def test_enabled_stages_chain_and_a_rerun_skips_the_finished_ones(tmp_path: Path
     assert recipe._has_model(stage1) and recipe._has_model(model)
     assert not (tmp_path / "Model_stage2").exists() and not (tmp_path / "Model_stage3").exists()
     first, last = load_spec(stage1), load_spec(model)
-    assert first.training["init"] == "scratch"
+    assert first.training["init"] == "scratch" and first.network_def["channels"] == [4, 8, 16]  # --channels
     assert last.training["init"] == "fine-tune" and last.training["parent"]["sha256"] == first.weights_sha256
     assert last.training["learning_rate"] == pytest.approx(5e-4)  # stage 3's own learning rate
     weights = {folder: (folder / "models" / "model.pt").stat().st_mtime_ns for folder in (stage1, model)}
