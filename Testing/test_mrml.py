@@ -166,6 +166,27 @@ def test_result_on_a_transformed_volume_keeps_the_volume_grid_in_its_own_frame(l
     assert np.array_equal(logic.labelmap_array(node), labels)
 
 
+def test_a_click_on_a_two_segment_result_changes_only_its_box_and_keeps_one_layer(logic, tmp_path):
+    """The lesion outside the changed box stays (Slicer's MODE_REPLACE on a shared layer cleared it), and a voxel
+    moving from the oedema segment to the lesion segment ends in the lesion, in the same layer."""
+    from SegmentLesionLib.runtime.jobs import RefineJob
+
+    image, labels, labelmap_path, _ = hand_case(tmp_path)
+    volume = load_volume(logic.scene, write(image, tmp_path / "t1.nrrd"))
+    node = logic.import_result(volume, labelmap_path, LABELS, model={"name": "Test", "version": "1", "sha256": "ab" * 32})
+    assert node.GetSegmentation().GetNumberOfLayers() == 1
+    refined = labels.copy()
+    refined[8:11, 9:12, 11:14] = 1  # the lesion (label 1) grows over the oedema voxel (label 2)
+    job = RefineJob("click", volume.GetID(), tmp_path / "job", {}, segmentation_node_id=node.GetID(), changed_box=[8, 11, 9, 12, 11, 14])
+    job.folder.mkdir()
+    write(on_grid(refined, image), job.output_path)
+    job.outcomes = [{"kind": "add", "ras": [0.0, 0.0, 0.0], "action": "grew lesion", "voxels_added": 26}]
+    logic.apply_refined(job)
+    assert np.array_equal(logic.labelmap_array(node), refined)
+    assert node.GetSegmentation().GetNumberOfLayers() == 1
+    assert [record["action"] for record in logic.click_records(node)] == ["grew lesion"]
+
+
 def test_the_shipped_terminology_lists_the_lesion_type_of_the_segments(logic, tmp_path):
     """Slicer's terminologies logic loads the shipped context file, and finds the segments' category and type in it."""
     image, labels, labelmap_path, probability_path = hand_case(tmp_path)

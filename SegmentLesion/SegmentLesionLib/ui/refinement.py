@@ -4,7 +4,7 @@
 session (again only when its voxels or geometry change) and the current segmentation as a labelmap, and sends the
 clicks to the persistent worker (``runtime.jobs.SegmentationWorker.submit_refine``): the refinement model is loaded
 there once. ``apply_refined`` writes the answer into the segments over the changed box only, as Segment Editor
-effects do (``vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment`` with ``MODE_REPLACE`` and an extent),
+effects do (``vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment`` with an extent: the minimum, then the maximum),
 so the Segment Editor's undo, saved by the caller just before, reverts it; and records each click on the node
 (``click_records``) for the export's provenance. No torch, no Qt.
 """
@@ -113,14 +113,27 @@ class ClickRefinement:
         extent = [i0, i1 - 1, j0, j1 - 1, k0, k1 - 1]
         box = labels[k0:k1, j0:j1, i0:i1]
         logic = self.segmentations_logic
-        for segment_id, value in segment_label_values(node).items():
+        values = segment_label_values(node)
+        pieces = {}
+        for segment_id, value in values.items():
             piece = slicer.vtkOrientedImageData()
             piece.SetExtent(*extent)
             piece.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
             piece.SetImageToWorldMatrix(numpy_to_matrix(ijk_to_ras(volume)))
             numpy_support.vtk_to_numpy(piece.GetPointData().GetScalars())[:] = (box == value).astype(np.uint8).ravel()
-            if not logic.SetBinaryLabelmapToSegment(piece, node, segment_id, logic.MODE_REPLACE, extent):
-                raise SegmentLesionError(f"{node.GetName()}: the click's result could not be written into segment {segment_id}")
+            pieces[segment_id] = piece
+        # Not MODE_REPLACE: on a segment sharing its layer with others, Slicer (5.8 and main,
+        # vtkSegmentationModifier::AppendLabelmapToSegment) clears the whole segment and writes only the extent given,
+        # so every voxel of the lesion outside the box was lost. The box is written in two passes instead: the
+        # minimum with each segment's new box (its removals), then the maximum (its additions; after every removal, so
+        # a voxel that moves from one segment to another ends in the new one). Outside the extent nothing changes.
+        # Every segment may be overwritten where another now is: segments sharing a layer keep sharing it (without
+        # the list a segment written over another's voxels moves to a layer of its own).
+        overwrite = list(values)
+        for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MAX):
+            for segment_id, piece in pieces.items():
+                if not logic.SetBinaryLabelmapToSegment(piece, node, segment_id, mode, extent, False, overwrite):
+                    raise SegmentLesionError(f"{node.GetName()}: the click's result could not be written into segment {segment_id}")
 
     def _record(self, node: slicer.vtkMRMLSegmentationNode, job: RefineJob) -> None:
         records = self.click_records(node)
