@@ -50,11 +50,6 @@ def segmenter():
     return Segmenter(device="cpu")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: the bundled model 1.0.0 (legacy normalisation, trained on the Colin27 head only) loses the lesions "
-    "of a skull-stripped copy; this passes, and the marker must go, once a model that handles it is bundled",
-)
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.0, 5.0)], ids=["1mm", "1x1x5mm"])
 def test_storage_does_not_change_the_lesions(segmenter, spacing):
     base = scaled(resample(sitk.ReadImage(str(SAMPLE)), spacing), 1.0, sitk.sitkFloat32)

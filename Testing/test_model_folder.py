@@ -111,11 +111,16 @@ def test_label_count_must_match_outputs(tmp_path):
 
 
 def test_models_without_new_settings_still_load(tmp_path):
-    """Folders written before ``max_voxels`` and the head normalisation existed (the bundled model among them)."""
-    from SegmentLesionLib.models.spec import default_model_dir
+    """Folders written before ``max_voxels`` and the head normalisation existed (as the bundled 1.0.0 was)."""
+    legacy = make_model(tmp_path / "legacy")
 
-    bundled = load_spec(default_model_dir())
-    assert bundled.max_voxels is None and bundled.intensity["clip_percentiles"] == [0.5, 99.5]
+    def older(metadata):
+        metadata["segment_lesion"].pop("max_voxels", None)
+        metadata["segment_lesion"]["intensity"] = {"mode": "zscore", "clip_percentiles": [0.5, 99.5], "foreground": "mean"}
+
+    _edit_json(legacy / "configs" / "metadata.json", older)
+    spec = load_spec(legacy)
+    assert spec.max_voxels is None and spec.intensity["clip_percentiles"] == [0.5, 99.5]
     folder = make_model(tmp_path / "m", intensity={"mode": "zscore", "foreground": "head"}, max_voxels=5_000_000)
     spec = load_spec(folder)
     assert spec.intensity == {"mode": "zscore", "foreground": "head"} and spec.max_voxels == 5_000_000
