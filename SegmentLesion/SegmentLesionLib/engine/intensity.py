@@ -142,11 +142,12 @@ def normalize_intensity(array: np.ndarray, settings: dict[str, Any]) -> np.ndarr
 def _head_statistics(data: np.ndarray, margin: float) -> tuple[float, float]:
     """Clip far outliers of ``data`` in place; return the mean and standard deviation of the (clipped) head."""
     mask = head_mask(data)
-    foreground = data[mask] if mask is not None and mask.any() else data.reshape(-1)
+    foreground = data[mask] if mask is not None and mask.any() else data.reshape(-1)  # (a view: clipped alike)
+    del mask
     low, high = np.percentile(sample(foreground), [0.5, 99.5])
     spread = high - low
     np.clip(data, low - margin * spread, high + margin * spread, out=data)
-    foreground = np.clip(foreground, low - margin * spread, high + margin * spread)
+    np.clip(foreground, low - margin * spread, high + margin * spread, out=foreground)  # a copy already: no second one
     return float(foreground.mean()), _scale_or_zero(float(foreground.std()), float(np.abs(foreground).max()))
 
 
@@ -173,5 +174,7 @@ def _scale_or_zero(scale: float, magnitude: float) -> float:
 
 
 def _to_float32(data: np.ndarray) -> np.ndarray:
-    """float32 without overflow to infinity (values are already finite)."""
-    return np.clip(data, -HUGE, HUGE).astype(np.float32)
+    """float32 without overflow to infinity (values are already finite); ``data`` (a float64 working copy) is clipped
+    in place, so no second float64 copy of the volume is made."""
+    np.clip(data, -HUGE, HUGE, out=data)
+    return data.astype(np.float32)
