@@ -932,6 +932,19 @@ class SliceWidgetStandIn:
         return self.slice_node
 
 
+def red_slice_view(scene):
+    """The real Red slice node (256 x 256 pixels over 128 mm) of ``scene`` in a stand-in slice widget."""
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
+    slice_logic = slicer.vtkMRMLSliceLogic()
+    slice_logic.SetMRMLScene(scene)
+    red = slice_logic.AddSliceNode("Red")
+    red.SetDimensions(256, 256, 1)
+    red.SetFieldOfView(128.0, 128.0, 1.0)
+    view = SliceWidgetStandIn(red)
+    view.slice_logic = slice_logic  # kept alive as long as the view
+    return view
+
+
 class LayoutManagerStandIn:
     """qMRMLLayoutManager's ``sliceViewNames`` and ``sliceWidget``."""
 
@@ -968,13 +981,8 @@ def test_click_to_fix_adds_removes_undoes_and_the_export_counts_the_clicks(app, 
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(tmp_path / "clicked.nrrd"))
     assert storage.ReadData(volume)
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(logic.scene, True)
-    slice_logic = slicer.vtkMRMLSliceLogic()
-    slice_logic.SetMRMLScene(logic.scene)
-    red = slice_logic.AddSliceNode("Red")
-    red.SetDimensions(256, 256, 1)
-    red.SetFieldOfView(128.0, 128.0, 1.0)
-    view = SliceWidgetStandIn(red)
+    view = red_slice_view(logic.scene)
+    red = view.slice_node
     # The view's own handling of a press (window/level, zoom) must not see the clicks the mode takes.
     view_presses = []
     view.interactor.AddObserver(vtk.vtkCommand.LeftButtonPressEvent, lambda *_: view_presses.append("left"), 0.0)
@@ -1072,13 +1080,8 @@ class SliceViewStandIn:
 def test_slice_view_clicks_take_presses_and_double_clicks_and_leave_them_to_an_active_effect(logic):
     from SegmentLesionLib.ui.slice_clicks import SliceViewClicks
 
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(logic.scene, True)
-    slice_logic = slicer.vtkMRMLSliceLogic()
-    slice_logic.SetMRMLScene(logic.scene)
-    red = slice_logic.AddSliceNode("Red")
-    red.SetDimensions(256, 256, 1)
-    red.SetFieldOfView(128.0, 128.0, 1.0)
-    view = SliceWidgetStandIn(red)
+    view = red_slice_view(logic.scene)
+    red = view.slice_node
     view_presses = []
     for event in (vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.LeftButtonDoubleClickEvent):
         view.interactor.AddObserver(event, lambda *_: view_presses.append("view"), 0.0)

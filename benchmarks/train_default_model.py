@@ -28,9 +28,9 @@ when it exists).
 
 Budget (issue 11: about 2 hours on 2 CPU cores): 120 + 90 + 60 + 60 epochs of 60 iterations, each stage capped
 at 40 + 25 + 20 + 20 minutes (105 in all; a cap that binds stops a stage before its learning rate has decayed),
-plus about 5 minutes of data; 2.0.0's run: 30.2 + 22.2 + 15.5 + 18.4 = 86 minutes (no cap bound). The earlier defaults (400 + 100 + 100 + 60 epochs, caps 110 + 100 + 75 + 40) ran
-221 minutes on 2026-12-03's 2-core machine (0.72 minutes per stage-1 epoch there, 0.20 on 2026-12-04's); the
-model in wip/default-model/ came from them.
+plus about 5 minutes of data; 2.0.0's run: 30.2 + 22.2 + 15.5 + 18.4 = 86 minutes (no cap bound). The earlier
+defaults (400 + 100 + 100 + 60 epochs, caps 110 + 100 + 75 + 40) ran 221 minutes on 2026-12-03's 2-core machine
+(0.72 minutes per stage-1 epoch there, 0.20 on 2026-12-04's); the model in wip/default-model/ came from them.
 
 Network: a UNet of 16-32-64-128-256 channels (since 2026-12-04; before, 8-16-32-64: the same accuracy on unseen
 anatomies within noise, but it failed the storage-invariance checks and ran 9.7x from the CPU's bf16 FLOP bound
