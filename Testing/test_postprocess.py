@@ -176,3 +176,39 @@ def test_compact_labels_fall_back_to_int32_beyond_uint16():
     assert count == 42**3 and labels.dtype == np.int32 and labels.max() == count
     labels, count = label_components(dots[:20], compact=True)
     assert labels.dtype == np.uint16 and count == 10 * 42 * 42
+
+
+def test_component_sums_slab_by_slab_equal_bincount(monkeypatch):
+    from SegmentLesionLib.engine import regions
+
+    monkeypatch.setattr(regions, "SLAB_VOXELS", 50)  # many slabs, one not full
+    rng = np.random.default_rng(5)
+    labels, count = regions.label_components(rng.random((13, 9, 11)) < 0.08, compact=True)
+    weights = rng.random(labels.shape).astype(np.float32)
+    assert count > 10
+    assert (regions.component_sums(labels, count) == np.bincount(labels.ravel(), minlength=count + 1)[1:]).all()
+    expected = np.bincount(labels.ravel(), weights=weights.ravel().astype(np.float64), minlength=count + 1)[1:]
+    assert np.allclose(regions.component_sums(labels, count, weights), expected, rtol=1e-12)
+    assert regions.component_sums(labels[:0], 0).shape == (0,)
+
+
+def test_find_lesions_memory_stays_near_the_box_size(monkeypatch):
+    """A CT-sized box full of small false positives (what a brain model finds on a CT): the component sizes and
+    confidences cost a slab, not the int64 + float64 copies of the whole box that np.bincount makes (issue 15: a
+    512x512x300 CT under 1.5 GB). tracemalloc sees NumPy's allocations; the bound is per voxel, not per second."""
+    import tracemalloc
+
+    from SegmentLesionLib.engine import regions
+
+    monkeypatch.setattr(regions, "SLAB_VOXELS", 1 << 18)  # this box is the size of one real slab
+    rng = np.random.default_rng(0)
+    probability = (rng.random((160, 160, 160)) < 0.02).astype(np.float32) * 0.9
+    probability[40:60, 40:60, 40:60] = 0.95
+    tracemalloc.start()
+    try:
+        found = find_lesions(probability, (1.0, 1.0, 1.0), min_lesion_mm3=100.0, min_mean_probability=0.5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.count == 1
+    assert peak / probability.size < 16, f"{peak / probability.size:.1f} bytes per voxel"

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io.writers import Lesion, paint_order
 from . import postprocess
-from .regions import bounding_box, label_components
+from .regions import bounding_box, component_sums, label_components
 
 
 @dataclass
@@ -119,7 +119,7 @@ def components_by_label(labelmap: np.ndarray, values: Sequence[int]) -> tuple[np
         labelled, found = label_components(local == value)
         if found == 0:
             continue
-        sizes = np.bincount(labelled.ravel(), minlength=found + 1)[1:]
+        sizes = component_sums(labelled, found)
         renumber = np.zeros(found + 1, dtype=np.int64)
         renumber[np.argsort(-sizes, kind="stable") + 1] = np.arange(count + 1, count + found + 1)
         if count + found > np.iinfo(np.uint16).max:

@@ -15,7 +15,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from ..io.writers import Lesion
-from .regions import bounding_box, full_connectivity, label_components
+from .regions import bounding_box, component_sums, full_connectivity, label_components
 from .regions import fill_holes as fill_cavities
 
 
@@ -70,10 +70,10 @@ def find_lesions(
     labelled, count = label_components(mask, compact=True)
     del mask
     voxel_mm3 = float(np.prod(spacing))
-    sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
+    sizes = component_sums(labelled, count)
     confident = np.ones(count, dtype=bool)
     if min_mean_probability > 0 and count:
-        sums = np.bincount(labelled.ravel(), weights=np.asarray(probability[box], dtype=np.float64).ravel(), minlength=count + 1)[1:]
+        sums = component_sums(labelled, count, probability[box])
         confident = sums >= min_mean_probability * sizes  # every component has at least one voxel
     keep = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] * voxel_mm3 >= min_lesion_mm3 and confident[index]]
     if len(keep) > np.iinfo(np.uint16).max:

@@ -59,3 +59,24 @@ def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
             return None
         box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
     return tuple(box)
+
+
+SLAB_VOXELS = 1 << 22  # 4M voxels per slab: np.bincount's int64 copy of the labels stays at 32 MB
+
+
+def component_sums(labels: np.ndarray, count: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per component 1..count: its voxel count (``weights`` None) or the float64 sum of ``weights`` over it.
+
+    ``np.bincount`` over a whole array converts the labels to int64 and the weights to float64 first: on a
+    CT-sized box that is 8 bytes per voxel twice, more than the rest of post-processing together. Summed slab by
+    slab along the first axis instead (same result, the memory of one slab).
+    """
+    totals = np.zeros(count + 1, dtype=np.int64 if weights is None else np.float64)
+    if labels.size == 0:
+        return totals[1:]
+    step = max(1, SLAB_VOXELS // max(1, labels[0].size))
+    for start in range(0, labels.shape[0], step):
+        part = labels[start : start + step].ravel()
+        slab = None if weights is None else np.asarray(weights[start : start + step], dtype=np.float64).ravel()
+        totals += np.bincount(part, weights=slab, minlength=count + 1)[: count + 1]
+    return totals[1:]
