@@ -94,3 +94,38 @@ def test_refused_combinations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
         recipe.main()
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything is fetched or written
+
+
+def _load_refine_recipe():
+    spec = importlib.util.spec_from_file_location("train_refine_model", ROOT / "benchmarks" / "train_refine_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_refinement_recipe_starts_as_the_segmentation_model_it_is_given(tmp_path: Path) -> None:
+    import torch
+    from conftest import make_model
+    from SegmentLesionLib.models.network import build_network, load_model
+
+    refine_recipe = _load_refine_recipe()
+    model = make_model(tmp_path / "segmentation", spacing=[1.5] * 3, patch_size=[16] * 3)
+    chosen = refine_recipe.segmentation_recipe(model)
+    assert chosen.network["in_channels"] == 4 and chosen.spacing == 1.5 and chosen.inference_crop == chosen.train_crop == 16
+    assert chosen.patch == 24 and chosen.parent["name"] == "TinyTestModel" and chosen.settings().crop_size == (16, 16, 16)
+    network = build_network(chosen.network)
+    assert refine_recipe.transfer_weights(network, model) == len(network.state_dict())
+    _, segmenter = load_model(model, torch.device("cpu"))
+    network.eval()
+    torch.manual_seed(1)
+    image, extra = torch.randn(1, 1, 16, 16, 16), torch.rand(1, 3, 16, 16, 16)
+    with torch.no_grad():
+        # The mask and click channels start with zero weights: the network is the segmenter, whatever they hold.
+        assert torch.allclose(network(torch.cat([image, extra], 1)), segmenter(image), atol=1e-5)
+    two = make_model(tmp_path / "two", spacing=[1.5] * 3, in_channels=2)
+    with pytest.raises(SystemExit, match="one-channel, two-class"):
+        refine_recipe.segmentation_recipe(two)
+    anisotropic = make_model(tmp_path / "anisotropic", spacing=[1.0, 1.0, 3.0])
+    with pytest.raises(SystemExit, match="isotropic spacing"):
+        refine_recipe.segmentation_recipe(anisotropic)

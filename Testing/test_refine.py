@@ -8,6 +8,7 @@ network (a missed lesion found, a false lesion removed, a leak trimmed) with the
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -110,9 +111,11 @@ def test_clicks_land_on_the_right_voxels_of_an_oblique_lps_image(bundled):
 
 
 # ---------------------------------------------------------------------------------------------- guaranteed rules
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_rules_hold_whatever_the_network_says(tmp_path, seed):
-    refiner = Refiner(make_refine_model(tmp_path / "random", seed=seed))
+@pytest.mark.parametrize("seed, passes", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 4)])
+def test_the_rules_hold_whatever_the_network_says(tmp_path, seed, passes):
+    interaction = {"kind": "click_refinement", "image_channels": 1, "click_radius_mm": 3.0, "add_passes": passes}
+    refiner = Refiner(make_refine_model(tmp_path / "random", seed=seed, interaction=interaction))
+    assert refiner.settings.add_passes == passes
     image, spheres = spheres_case(centres_kji=((20, 24, 10), (20, 24, 30), (20, 24, 54)), radius_mm=4.0, seed=seed)
     mask_array = (spheres[0] | spheres[1] | spheres[2]).astype(np.uint8)
     rng = np.random.default_rng(seed)
@@ -197,6 +200,9 @@ def test_models_that_cannot_refine_are_refused(tmp_path):
     wrong = make_refine_model(tmp_path / "wrong", image_channels=2, in_channels=4, network_def=network_def)
     with pytest.raises(ModelError, match="takes 5 input channels"):
         Refiner(wrong)
+    for passes in (0, 9, 2.0, True):
+        with pytest.raises(ModelError, match="add_passes must be a whole number from 1 to 8"):
+            Refiner(make_refine_model(tmp_path / f"passes_{passes}", interaction={"kind": "click_refinement", "add_passes": passes}))
     two = Refiner(make_refine_model(tmp_path / "two_channels", image_channels=2))
     image, spheres = spheres_case()
     with pytest.raises(InputError, match="takes 2 image channels; one image was given"):
@@ -239,6 +245,40 @@ def test_the_cli_adds_a_lesion_with_negative_coordinates_either_way(case_files, 
     assert np.array_equal(outputs[0], outputs[1])
     expected = Refiner(REFINE_MODEL_DIR).refine(image, mask_image(spheres[0], image), add_points_ras=[[float(v) for v in text.split(",")]])
     assert np.array_equal(outputs[0] > 0, result_array(expected) > 0)
+
+
+def test_refinement_runs_in_the_precision_asked_and_the_model_allows(case_files, tmp_path, bundled):
+    from SegmentLesionLib.engine.precision import cpu_bf16
+    from SegmentLesionLib.models.spec import METADATA_FILE
+
+    folder, image, spheres = case_files
+    point = ras_of(image, centre_of(spheres[1]))
+    out = tmp_path / "fp32.nii.gz"
+    run_cli(
+        "refine",
+        folder / "image.nii.gz",
+        "--mask",
+        folder / "mask.nii.gz",
+        "--output",
+        out,
+        "--add=" + ",".join(f"{v:.3f}" for v in point),
+        "--precision",
+        "fp32",
+        check_exit=0,
+    )
+    assert json.loads((tmp_path / "fp32.lesions.json").read_text())["settings"]["precision"] == "fp32"
+    strict = tmp_path / "strict"
+    shutil.copytree(REFINE_MODEL_DIR, strict)
+    metadata = json.loads((strict / METADATA_FILE).read_text())
+    metadata["segment_lesion"]["allow_reduced_precision"] = False
+    (strict / METADATA_FILE).write_text(json.dumps(metadata))
+    assert Refiner(strict, precision="bf16").precision.name == "fp32"
+    assert bundled.precision.name == ("bf16" if cpu_bf16().native else "fp32")
+    # The same click in bf16 and fp32 adds the same lesion (Dice >= 0.95 between the two).
+    mask = mask_image(spheres[0], image)
+    fp32 = result_array(Refiner(REFINE_MODEL_DIR, precision="fp32").refine(image, mask, add_points_ras=[point])) > 0
+    bf16 = result_array(Refiner(REFINE_MODEL_DIR, precision="bf16").refine(image, mask, add_points_ras=[point])) > 0
+    assert dice(fp32 & ~spheres[0], bf16 & ~spheres[0]) >= 0.95 and np.array_equal(fp32[spheres[0]], bf16[spheres[0]])
 
 
 def test_the_cli_resamples_a_mask_on_another_grid(case_files, tmp_path):

@@ -7,13 +7,18 @@ Steps (each the project's own code):
      1..N, anatomy colin27: SynthSeg-style random contrast, deformation, resolution and slices, field of view, bias,
      noise, lesions and unlabelled hard negatives), put each on the model grid (RAS, 1.25 mm) and cut a patch around
      each lesion and one around a brain voxel (``data.synthetic.refine_samples.case_patches``); cached per seed;
-  2. train a small MONAI UNet (inputs: image, current mask, positive and negative click maps) on simulated
+  2. train a MONAI UNet (inputs: image, current mask, positive and negative click maps) on simulated
      corrections (``data.synthetic.corrections``: missed lesions, eroded or cut masks, leaks into a half-space,
      over-segmentation, separate false blobs, rounds without a click; the click at the deepest point of the largest
      error region), and in some batches 1-2 more rounds that feed the network's own prediction back as the current
      mask with a new click on what is still wrong; time-capped, checkpointed every few minutes (rerun to resume);
   3. write the model folder (``models.network.save_model``: a MONAI bundle with an ``interaction`` block) with its
      model card; ``--install`` copies it to SegmentLesion/Resources/Models/SegmentLesionRefine.
+
+The network: by default a small UNet from scratch at 1.25 mm on 48^3 crops (SegmentLesionRefine 1.0.0); with
+``--from-segmentation MODEL`` the segmentation model's own network, spacing and patch size, started from its weights
+with the three new input channels at zero (it starts as that segmenter and learns what the mask and clicks add;
+SegmentLesionRefine 2.0.0 starts from the bundled SegmentLesionBrainMR 2.0.0, itself trained without ROBEX).
 
 Run it at low priority on a shared machine:
     PYTHONPATH=$PWD/SegmentLesion nice -n 5 python benchmarks/train_refine_model.py --work build/refine-model \\
@@ -29,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +78,71 @@ MORE_ROUNDS = (0.35, 0.12)  # probability of a 2nd round, of a 3rd round
 CHECKPOINT_MINUTES = 4.0
 
 
-def settings() -> RefineSettings:
-    return RefineSettings((SPACING,) * 3, (INFERENCE_CROP,) * 3, CLICK_RADIUS_MM, 1, 0.5, KEEP_FRACTION)
+@dataclass(frozen=True)
+class Recipe:
+    """The network and its geometry: the small network from scratch (1.0.0), or a segmentation model's network
+    with the mask and click channels added (``--from-segmentation``)."""
+
+    network: dict = field(default_factory=lambda: dict(NETWORK))
+    spacing: float = SPACING
+    train_crop: int = TRAIN_CROP
+    inference_crop: int = INFERENCE_CROP
+    patch: int = PATCH
+    batch: int = BATCH
+    parent: dict | None = None  # the segmentation model whose weights start the training
+
+    def settings(self) -> RefineSettings:
+        return RefineSettings((self.spacing,) * 3, (self.inference_crop,) * 3, CLICK_RADIUS_MM, 1, 0.5, KEEP_FRACTION)
+
+
+def segmentation_recipe(model_dir: Path) -> Recipe:
+    """A segmentation model's network (one image channel in, lesion/background out) with three input channels more,
+    at the model's own spacing and patch size (its features are those of that scale); the patches cached around
+    each lesion grow by half a crop so the crop can move around the click."""
+    from SegmentLesionLib.models.spec import load_spec
+
+    spec = load_spec(model_dir)
+    network = dict(spec.network_def)
+    if network.get("in_channels") != 1 or network.get("out_channels") != 2 or len(set(spec.spacing)) != 1 or len(set(spec.patch_size)) != 1:
+        raise SystemExit(f"{model_dir}: a one-channel, two-class model with isotropic spacing and a cubic patch is needed")
+    network["in_channels"] = 4
+    crop = int(spec.patch_size[0])
+    parent = {
+        "name": spec.name,
+        "version": spec.version,
+        "folder": str(model_dir),
+        "network": "its weights; the first layer's new input channels start at 0",
+    }
+    return Recipe(network, float(spec.spacing[0]), crop, crop, crop + crop // 2, 2, parent)
+
+
+def transfer_weights(network: torch.nn.Module, model_dir: Path) -> int:
+    """Load a one-channel segmentation model's weights into ``network`` (same layers, more input channels): a weight
+    whose input-channel dimension is larger keeps the model's weights for channel 0 and zeros for the others, so the
+    network starts as the segmentation model and learns what the mask and the clicks add. Returns the tensors copied.
+
+    Raises:
+        SystemExit: a tensor that is neither the same shape nor the same but for its input channels.
+    """
+    source = torch.load(model_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
+    own = network.state_dict()
+    if set(source) != set(own):
+        raise SystemExit(f"{model_dir}: its layers are not those of the refinement network")
+    for name, tensor in source.items():
+        target = own[name]
+        if target.shape == tensor.shape:
+            target.copy_(tensor)
+        elif target.dim() == tensor.dim() >= 2 and target.shape[0] == tensor.shape[0] and target.shape[2:] == tensor.shape[2:]:
+            target.zero_()
+            target[:, : tensor.shape[1]] = tensor
+        else:
+            raise SystemExit(f"{model_dir}: {name} is {tuple(tensor.shape)}, the refinement network's {tuple(target.shape)}")
+    network.load_state_dict(own)
+    return len(source)
 
 
 # ------------------------------------------------------------------------------------------------ patches
-def prepare_patches(work: Path, cases: int) -> list[Patch]:
+def prepare_patches(work: Path, cases: int, recipe: Recipe) -> list[Patch]:
     """The patches of seeds 1..cases (each seed's file written once)."""
     os.environ[synthetic.COLIN27_DIR_ENV] = str(data_sources.colin27_dir())
     folder = work / "patches"
@@ -88,8 +153,8 @@ def prepare_patches(work: Path, cases: int) -> list[Patch]:
         path = folder / f"seed_{seed:05d}.npz"
         if not path.exists():
             case = synthetic.generate_randomised_case(seed, anatomy=ANATOMY, max_voxels=4e6)
-            found = case_patches(case, settings(), PATCH, np.random.default_rng([SEED, seed]))
-            empty = np.zeros((0,) + (PATCH,) * 3)
+            found = case_patches(case, recipe.settings(), recipe.patch, np.random.default_rng([SEED, seed]))
+            empty = np.zeros((0,) + (recipe.patch,) * 3)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as stream:
                     np.savez_compressed(
@@ -109,8 +174,9 @@ def prepare_patches(work: Path, cases: int) -> list[Patch]:
 class Samples(torch.utils.data.IterableDataset):
     """An endless stream of simulated corrections (one stream per loader worker, seeded from 42 and the start step)."""
 
-    def __init__(self, patches: list[Patch], first_step: int) -> None:
+    def __init__(self, patches: list[Patch], first_step: int, recipe: Recipe) -> None:
         self.patches = patches
+        self.recipe = recipe
         self.first_step = first_step
         self.with_lesion = [i for i, p in enumerate(patches) if p.lesion]
         self.without = [i for i, p in enumerate(patches) if not p.lesion]
@@ -121,7 +187,7 @@ class Samples(torch.utils.data.IterableDataset):
         while True:
             pool = self.without if (self.without and rng.random() < 0.15) else self.with_lesion
             patch = self.patches[pool[int(rng.integers(len(pool)))]]
-            sample = training_sample(rng, patch, settings(), TRAIN_CROP)
+            sample = training_sample(rng, patch, self.recipe.settings(), self.recipe.train_crop)
             yield torch.from_numpy(sample.inputs), torch.from_numpy(sample.target), torch.from_numpy(sample.weight)
 
 
@@ -151,20 +217,20 @@ def loss_function(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     return ce + dice
 
 
-def next_round(network: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, rng: np.random.Generator):
+def next_round(network: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, rng: np.random.Generator, spacing: float):
     """Feed the prediction back as the current mask, with one new click on the largest remaining error."""
     with torch.no_grad():
         network.eval()
         predicted = network(inputs).argmax(dim=1).numpy().astype(bool)
         network.train()
-    radius = np.full(3, CLICK_RADIUS_MM / SPACING)
+    radius = np.full(3, CLICK_RADIUS_MM / spacing)
     batch_inputs, weights = [], []
     for index in range(inputs.shape[0]):
         truth = target[index].numpy().astype(bool)
         mask = predicted[index]
         missing, extra = truth & ~mask, mask & ~truth
         positive = np.count_nonzero(corrections.largest_component(missing)) >= np.count_nonzero(corrections.largest_component(extra))
-        click = corrections.error_click(missing if positive else extra, SPACING)
+        click = corrections.error_click(missing if positive else extra, spacing)
         points = [] if click is None else [np.asarray(click) + rng.uniform(-0.5, 0.5, 3)]
         image = inputs[index, 0].numpy()
         batch_inputs.append(network_input(image, mask, points if positive else [], [] if positive else points, radius))
@@ -173,14 +239,19 @@ def next_round(network: torch.nn.Module, inputs: torch.Tensor, target: torch.Ten
 
 
 def train(
-    work: Path, patches: list[Patch], minutes: float, init: Path | None = None, lr: float = LEARNING_RATE
+    work: Path, patches: list[Patch], minutes: float, recipe: Recipe, init: Path | None = None, lr: float = LEARNING_RATE
 ) -> tuple[torch.nn.Module, dict]:
-    """Train (from ``init``'s weights when given: a refinement model folder of the same network) for ``minutes``."""
+    """Train (from ``init``'s weights when given: a refinement model folder of the same network; else from the
+    recipe's segmentation model when it has one) for ``minutes``."""
     torch.manual_seed(SEED)
-    network = build_network(NETWORK)
-    if init is not None and not (work / "checkpoint.pt").exists():
-        network.load_state_dict(torch.load(init / "models" / "model.pt", map_location="cpu", weights_only=True))
-        print(f"fine-tuning {init}", flush=True)
+    network = build_network(recipe.network)
+    if not (work / "checkpoint.pt").exists():
+        if init is not None:
+            network.load_state_dict(torch.load(init / "models" / "model.pt", map_location="cpu", weights_only=True))
+            print(f"fine-tuning {init}", flush=True)
+        elif recipe.parent is not None:
+            copied = transfer_weights(network, Path(recipe.parent["folder"]))
+            print(f"starting from {recipe.parent['name']} {recipe.parent['version']} ({copied} tensors)", flush=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     checkpoint = work / "checkpoint.pt"
     step, elapsed, cpu_before, history = 0, 0.0, 0.0, []
@@ -193,7 +264,7 @@ def train(
         cpu_before = float(state["cpu"]) if "cpu" in state else 2.0 * elapsed
         history = json.loads(str(state["history"]))
         print(f"resumed at step {step} ({elapsed / 60:.1f} min, {cpu_before / 60:.1f} CPU min)", flush=True)
-    loader = torch.utils.data.DataLoader(Samples(patches, step), batch_size=BATCH, num_workers=1, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(Samples(patches, step, recipe), batch_size=recipe.batch, num_workers=1, persistent_workers=False)
     rng = np.random.default_rng([SEED, step, 99])
     network.train()
     budget = minutes * 60.0
@@ -213,7 +284,7 @@ def train(
             group["lr"] = lr * max(1.0 - elapsed / budget, 0.02) ** 0.9
         rounds = 1 + int(rng.random() < MORE_ROUNDS[0]) + int(rng.random() < MORE_ROUNDS[1])
         for _ in range(rounds - 1):
-            inputs, weight = next_round(network, inputs, target, rng)
+            inputs, weight = next_round(network, inputs, target, rng, recipe.spacing)
         optimiser.zero_grad()
         loss = loss_function(network(inputs), target, weight)
         loss.backward()
@@ -254,18 +325,18 @@ def save_checkpoint(path: Path, network, optimiser, step: int, elapsed: float, c
 
 
 # ------------------------------------------------------------------------------------------------ model folder
-def model_spec(summary: dict, cases: int, patches: int) -> ModelSpec:
+def model_spec(summary: dict, cases: int, patches: int, recipe: Recipe) -> ModelSpec:
     return ModelSpec(
         name=MODEL_NAME,
         version=summary.get("version", MODEL_VERSION),
-        network_def=NETWORK,
+        network_def=recipe.network,
         labels=[LabelInfo(1, "lesion", [0.94, 0.35, 0.20])],
         in_channels=4,
         out_channels=2,
         orientation="RAS",
-        spacing=[SPACING] * 3,
+        spacing=[recipe.spacing] * 3,
         intensity={"mode": "zscore", "foreground": "head"},
-        patch_size=[INFERENCE_CROP] * 3,
+        patch_size=[recipe.inference_crop] * 3,
         threshold=0.5,
         min_lesion_mm3=0.0,
         fill_holes=False,
@@ -284,8 +355,10 @@ def model_spec(summary: dict, cases: int, patches: int) -> ModelSpec:
             "anatomy": ANATOMY,
             "cases": cases,
             "patches": patches,
-            "train_crop": TRAIN_CROP,
-            "batch_size": BATCH,
+            "train_crop": recipe.train_crop,
+            "patch": recipe.patch,
+            "batch_size": recipe.batch,
+            **({"initialised_from": recipe.parent} if recipe.parent else {}),
             "learning_rate": summary["learning_rate"],
             "scenarios": dict(zip(corrections.SCENARIOS, corrections.SCENARIO_WEIGHTS)),
             "more_rounds": list(MORE_ROUNDS),
@@ -302,7 +375,7 @@ MODEL_CARD = """# SegmentLesionRefine {version}: model card
 trained on *synthetic* lesions in *real* anatomy (the Colin27 brain MRI), with *simulated* corrections.
 
 ## What it is
-A small 3D MONAI `UNet` (channels 16-32-64-128, strides 2-2-2, one residual unit, instance norm, {parameters:,}
+A 3D MONAI `UNet` (channels {channels}, strides {strides}, one residual unit, instance norm, {parameters:,}
 parameters) that corrects a lesion mask where the user clicks. Input, a {crop}^3 crop at {spacing} mm in RAS
 orientation centred on the click: the image (z-scored with the head statistics of the whole image), the current
 mask, a positive and a negative click map (balls of {radius} mm). Output: lesion / background softmax in the crop.
@@ -330,10 +403,19 @@ These figures are on generated cases, not on real patients.
 """
 
 
-def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int, patches: int) -> Path:
-    spec = model_spec(summary, cases, patches)
+def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int, patches: int, recipe: Recipe) -> Path:
+    spec = model_spec(summary, cases, patches, recipe)
     parent = summary.get("parent")
+    start = recipe.parent
     lineage = (
+        f" Started from the weights of the segmentation model {start['name']} {start['version']} (the bundled default"
+        " model, trained on the same Colin27-only randomised data with ROBEX held out), its first layer extended to the"
+        " mask and click channels with zero weights: the network starts as that segmenter and learns what the mask and"
+        " the clicks add."
+        if start
+        else ""
+    )
+    lineage += (
         f" Fine-tuned from {parent['name']} {parent['version']} (its weights; the optimiser and the learning-rate decay"
         f" started anew), whose own training was {parent.get('steps', '?')} steps in {parent.get('minutes', '?')} minutes"
         " on a 2-core machine shared with other training runs (load average 6-15)."
@@ -344,15 +426,17 @@ def write_model(work: Path, network: torch.nn.Module, summary: dict, cases: int,
         version=summary.get("version", MODEL_VERSION),
         lineage=lineage,
         parameters=sum(p.numel() for p in network.parameters()),
-        crop=INFERENCE_CROP,
-        spacing=SPACING,
+        channels="-".join(str(c) for c in recipe.network["channels"]),
+        strides="-".join(str(c) for c in recipe.network["strides"]),
+        crop=recipe.inference_crop,
+        spacing=recipe.spacing,
         radius=CLICK_RADIUS_MM,
         seed=SEED,
         cases=cases,
         patches=patches,
         lr=summary["learning_rate"],
-        batch=BATCH,
-        train_crop=TRAIN_CROP,
+        batch=recipe.batch,
+        train_crop=recipe.train_crop,
         steps=summary["steps"],
         minutes=summary["minutes"],
         cpu_minutes=summary.get("cpu_minutes", "?"),
@@ -370,21 +454,29 @@ def main() -> int:
     parser.add_argument("--init", type=Path, help="fine-tune this refinement model folder (same network) instead of starting from scratch")
     parser.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"peak learning rate (default {LEARNING_RATE})")
     parser.add_argument("--version", default=MODEL_VERSION, help=f"the model's version (default {MODEL_VERSION})")
+    parser.add_argument(
+        "--from-segmentation",
+        type=Path,
+        metavar="MODEL",
+        help="start from a one-channel segmentation model's network and weights, at its spacing and patch size "
+        "(e.g. SegmentLesion/Resources/Models/SegmentLesionBrainMR), instead of the small network from scratch",
+    )
     parser.add_argument("--install", action="store_true", help="copy the model folder into SegmentLesion/Resources/Models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    patches = prepare_patches(args.work, args.cases)
+    recipe = segmentation_recipe(args.from_segmentation.resolve()) if args.from_segmentation else Recipe()
+    patches = prepare_patches(args.work, args.cases, recipe)
     print(f"{len(patches)} patches", flush=True)
-    network, summary = train(args.work, patches, args.minutes, args.init, args.lr)
+    network, summary = train(args.work, patches, args.minutes, recipe, args.init, args.lr)
     if args.init is not None:
         parent = json.loads((args.init / "configs" / "metadata.json").read_text())
         trained = parent.get("segment_lesion", {}).get("training", {})
         summary["parent"] = {"name": parent["name"], "version": parent["version"]}
         summary["parent"].update({key: trained[key] for key in ("learning_rate", "steps", "minutes") if key in trained})
     summary["version"] = args.version
-    folder = write_model(args.work, network, summary, args.cases, len(patches))
+    folder = write_model(args.work, network, summary, args.cases, len(patches), recipe)
     write_json({key: summary[key] for key in ("steps", "minutes", "cpu_minutes")}, args.work / "summary.json")
     print(f"model written to {folder}", flush=True)
     if args.install:

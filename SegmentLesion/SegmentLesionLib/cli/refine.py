@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InputError
-from .common import add_device_option
+from .common import add_device_option, add_precision_option
 
 logger = logging.getLogger("SegmentLesion")
 
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="refinement model folder (default: the bundled SegmentLesionRefine)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_device_option(parser, default="cpu")
+    add_precision_option(parser)
     parser.set_defaults(handler=run_refine)
 
 
@@ -102,7 +103,7 @@ def run_refine(args: argparse.Namespace) -> int:
     mask, resampled = label_on_image_grid(read_labelmap(args.mask), image, "mask")
     if resampled:
         logger.warning("the mask was on another grid: resampled onto the image grid (nearest neighbour)")
-    refiner = Refiner(args.model, args.device)
+    refiner = Refiner(args.model, args.device, args.precision)
     result = refiner.refine_clicks(PreparedImage.of(image, str(args.image)), mask, clicks)
     report = _report(result, refiner)
     write_labelmap(result.labelmap, output, _labels(result.labelmap, refiner), overwrite=args.overwrite)
@@ -143,5 +144,9 @@ def _report(result, refiner):
         model={**refiner.spec.summary(), "labels": {str(label.value): label.name for label in refiner.spec.labels}},
         input_size=list(result.labelmap.GetSize()),
         input_spacing=[round(v, 6) for v in spacing],
-        settings={"refine": [outcome.to_json() for outcome in result.outcomes], "device": str(refiner.device)},
+        settings={
+            "refine": [outcome.to_json() for outcome in result.outcomes],
+            "device": str(refiner.device),
+            "precision": refiner.precision.name,
+        },
     )

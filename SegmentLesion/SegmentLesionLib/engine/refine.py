@@ -5,7 +5,9 @@ grid. Each click runs the refinement network (``engine.refine_inputs``) on a cro
 applied with rules the engine guarantees whatever the network says:
 
 - a positive click adds the predicted lesion under the click; inside (or next to) an existing lesion it grows that
-  lesion and never adds a second one; it never removes a voxel, and never joins two lesions;
+  lesion and never adds a second one; it never removes a voxel, and never joins two lesions; a model whose
+  metadata says ``add_passes: N`` runs up to N times on one positive click, each pass on the mask the last one
+  made (a large lesion that one pass finds only in part keeps growing), until a pass adds (almost) nothing;
 - a negative click inside a lesion removes that whole lesion when the network keeps (almost) nothing of it (a
   separate false lesion); when the network keeps a part of it (at least ``keep_fraction``), the lesion is trimmed to
   that part, the click's neighbourhood removed (a leak); it never adds a voxel;
@@ -34,6 +36,7 @@ from ..io.volume import check_3d_scalar, ijk_to_ras_matrix, same_geometry
 from ..models.network import load_model
 from ..models.spec import default_refine_model_dir
 from . import refine_inputs
+from .precision import choose_precision
 from .preprocess import Grid, array_xyz
 from .regions import full_connectivity, label_components
 
@@ -41,6 +44,7 @@ logger = logging.getLogger("SegmentLesion")
 
 ADD, REMOVE = "add", "remove"
 WEAK_THRESHOLD = 0.5  # a positive click that finds nothing retries at this fraction of the model's threshold
+MIN_PASS_GROWTH = 0.02  # a further pass of a positive click that grows the lesion by less than this ends the passes
 
 
 @dataclass(frozen=True)
@@ -125,18 +129,22 @@ class Refiner:
     Args:
         model_dir: a refinement model folder (None: the bundled SegmentLesionRefine).
         device: ``cpu`` (the default: a crop is small), ``cuda`` or ``auto``.
+        precision: ``auto`` (bf16 autocast where the CPU has it natively, fp16 on CUDA), ``fp32`` or ``bf16``, as
+            for segmentation (``engine.precision``); a model whose metadata forbids reduced precision runs in fp32.
 
     Raises:
         ModelError: the folder cannot be loaded, or is not a click-refinement model.
+        InputError: an unknown precision.
     """
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "cpu") -> None:
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str = "cpu", precision: str = "auto") -> None:
         from .inference import resolve_device
 
         self.device = resolve_device(device)
         self.model_dir = Path(model_dir) if model_dir else default_refine_model_dir()
         self.spec, self.network = load_model(self.model_dir, self.device)
         self.settings = refine_inputs.RefineSettings.of(self.spec)
+        self.precision = choose_precision(precision, self.device.type, self.spec.allow_reduced_precision)
 
     # ------------------------------------------------------------------ checks
     def check_inputs(self, image: sitk.Image, mask: sitk.Image, clicks: Sequence[Click], name: str = "image") -> None:
@@ -257,6 +265,25 @@ class Refiner:
                 # The user says there is a lesion here: take the network's weaker answer before giving up.
                 weaker = (probability >= WEAK_THRESHOLD * self.settings.threshold) & inside
                 outcome = _add(local, components, owner, weaker, voxel, value, click)
+            timings["rules_s"] += time.perf_counter() - start
+            for _ in range(self.settings.add_passes - 1):
+                if not outcome.changed:
+                    break
+                # The network again on the mask it just made, with the same click: a lesion larger than one pass
+                # finds keeps growing (the rules as before: no voxel removed, no two lesions joined).
+                probability, inside = self._predict(prepared, local, grid, box, click, timings)
+                start = time.perf_counter()
+                components, _ = label_components(local != 0)
+                owner = _component_at(components, voxel, spacing, self.settings.click_radius_mm)
+                more = _add(local, components, owner, (probability >= self.settings.threshold) & inside, voxel, value, click)
+                timings["rules_s"] += time.perf_counter() - start
+                if not more.changed:
+                    break
+                outcome.voxels_added += more.voxels_added
+                outcome.lesion_voxels = more.lesion_voxels
+                if more.voxels_added < MIN_PASS_GROWTH * more.lesion_voxels:
+                    break
+            return outcome, box
         else:
             outcome = _remove(local, components, owner, predicted, inside, voxel, spacing, self.settings, click)
         timings["rules_s"] += time.perf_counter() - start
@@ -281,7 +308,7 @@ class Refiner:
         inputs = refine_inputs.network_input(crop, current, points[0], points[1], radius)
         timings["prepare_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.autocast(self.device.type):
             logits = self.network(torch.from_numpy(inputs)[None].to(self.device))
             crop_probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
         timings["network_s"] += time.perf_counter() - start

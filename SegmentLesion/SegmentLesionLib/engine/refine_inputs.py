@@ -35,6 +35,7 @@ class RefineSettings:
     image_channels: int
     threshold: float
     keep_fraction: float  # a negative click trims a lesion when the network keeps at least this fraction of it
+    add_passes: int = 1  # a positive click runs the network up to this many times, each on the mask the last one made
 
     @classmethod
     def of(cls, spec: ModelSpec) -> RefineSettings:
@@ -56,6 +57,7 @@ class RefineSettings:
             image_channels=int(block.get("image_channels", 1)),
             threshold=float(spec.threshold),
             keep_fraction=float(block.get("keep_fraction", 0.1)),
+            add_passes=int(block.get("add_passes", 1)),
         )
 
 

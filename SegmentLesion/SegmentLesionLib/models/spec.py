@@ -357,6 +357,9 @@ def _validate_interaction(spec: ModelSpec, where: str) -> None:
     radius = block.get("click_radius_mm", 3.0)
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
         raise ModelError(f"{where}: interaction: click_radius_mm must be a positive number of millimetres")
+    passes = block.get("add_passes", 1)
+    if isinstance(passes, bool) or not isinstance(passes, int) or not 1 <= passes <= 8:
+        raise ModelError(f"{where}: interaction: add_passes must be a whole number from 1 to 8")
     if spec.spacing is None:
         raise ModelError(f"{where}: a refinement model needs a spacing (its crop's voxel size in mm)")
 
