@@ -8,8 +8,9 @@ applied with rules the engine guarantees whatever the network says:
   lesion and never adds a second one; it never removes a voxel, and never joins two lesions; a model whose
   metadata says ``add_passes: N`` runs up to N times on one positive click, each pass on the mask the last one
   made (a large lesion that one pass finds only in part keeps growing), until a pass adds (almost) nothing;
-- a negative click inside a lesion removes that whole lesion when the network keeps (almost) nothing of it (a
-  separate false lesion); when the network keeps a part of it (at least ``keep_fraction``), the lesion is trimmed to
+- a negative click inside a lesion removes that whole lesion when it is at the lesion's centre (at least 90 % of
+  its greatest depth from its boundary) or when the network keeps (almost) nothing of it (a separate false lesion);
+  when the network keeps a part of it (at least ``keep_fraction``), the lesion is trimmed to
   that part, the click's neighbourhood removed (a leak); it never adds a voxel;
 - nothing changes outside the clicked lesion's crop, and no other lesion changes.
 
@@ -38,12 +39,13 @@ from ..models.spec import default_refine_model_dir
 from . import refine_inputs
 from .precision import choose_precision
 from .preprocess import Grid, array_xyz
-from .regions import full_connectivity, label_components
+from .regions import bounding_box, full_connectivity, label_components
 
 logger = logging.getLogger("SegmentLesion")
 
 ADD, REMOVE = "add", "remove"
 WEAK_THRESHOLD = 0.5  # a positive click that finds nothing retries at this fraction of the model's threshold
+CORE_DEPTH = 0.9  # a negative click at least this fraction of the lesion's greatest depth deep removes it all
 MIN_PASS_GROWTH = 0.02  # a further pass of a positive click that grows the lesion by less than this ends the passes
 
 
@@ -356,9 +358,16 @@ def _add(local, components, owner, predicted, voxel, value, click) -> ClickOutco
 
 
 def _remove(local, components, owner, predicted, inside, voxel, spacing, settings, click) -> ClickOutcome:
-    """A negative click: remove the clicked lesion, or trim it to the part the network keeps (a leak)."""
+    """A negative click: remove the clicked lesion, or trim it to the part the network keeps (a leak).
+
+    A click at the lesion's centre (``_at_core``) removes it whatever the network keeps: a leak is clicked where it
+    leaks, and a network that sees a real lesion under a click on its middle would otherwise leave a rim of it.
+    """
     lesion = components == owner
     editable = lesion & inside
+    if _at_core(lesion, voxel, spacing):
+        local[editable] = 0
+        return ClickOutcome(click, "removed lesion", voxels_removed=int(np.count_nonzero(editable)), lesion_voxels=0)
     near = _ball_mm(local.shape, voxel, spacing, settings.click_radius_mm)
     kept = editable & predicted & ~near
     largest = _largest(kept)
@@ -377,6 +386,17 @@ def _remove(local, components, owner, predicted, inside, voxel, spacing, setting
 def _majority_label(labels: np.ndarray) -> int:
     values = labels[labels != 0]
     return int(np.bincount(values.ravel()).argmax()) if values.size else 1
+
+
+def _at_core(lesion: np.ndarray, voxel, spacing, fraction: float = CORE_DEPTH) -> bool:
+    """Whether ``voxel`` lies at the lesion's centre: at least ``fraction`` of the lesion's greatest depth (distance to
+    its boundary, mm) deep. The voxels beyond the array count as outside the lesion."""
+    if not lesion[voxel]:
+        return False
+    box = bounding_box(lesion, margin=0)
+    depth = ndimage.distance_transform_edt(np.pad(lesion[box], 1), sampling=spacing)
+    at = tuple(int(v) - b.start + 1 for v, b in zip(voxel, box))
+    return bool(depth[at] >= fraction * depth.max())
 
 
 def _largest(region: np.ndarray) -> np.ndarray:
