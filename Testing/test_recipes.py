@@ -20,9 +20,10 @@ from test_training import write_dataset
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("train_default_model", ROOT / "benchmarks" / "train_default_model.py")
+def _load_recipe(name: str = "train_default_model"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a recipe's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -96,20 +97,12 @@ def test_refused_combinations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert not (tmp_path / "w").exists()  # refused before anything is fetched or written
 
 
-def _load_refine_recipe():
-    spec = importlib.util.spec_from_file_location("train_refine_model", ROOT / "benchmarks" / "train_refine_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_refinement_recipe_starts_as_the_segmentation_model_it_is_given(tmp_path: Path) -> None:
     import torch
     from conftest import make_model
     from SegmentLesionLib.models.network import build_network, load_model
 
-    refine_recipe = _load_refine_recipe()
+    refine_recipe = _load_recipe("train_refine_model")
     model = make_model(tmp_path / "segmentation", spacing=[1.5] * 3, patch_size=[16] * 3)
     chosen = refine_recipe.segmentation_recipe(model)
     assert chosen.network["in_channels"] == 4 and chosen.spacing == 1.5 and chosen.inference_crop == chosen.train_crop == 16
