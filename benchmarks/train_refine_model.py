@@ -93,7 +93,8 @@ class Recipe:
     inference_crop: int = INFERENCE_CROP
     patch: int = PATCH
     batch: int = BATCH
-    parent: dict | None = None  # the segmentation model whose weights start the training
+    parent: dict | None = None  # the segmentation model whose weights start the training, as its metadata records it
+    parent_folder: Path | None = None  # that model's folder (this run only)
 
     def settings(self) -> RefineSettings:
         return RefineSettings((self.spacing,) * 3, (self.inference_crop,) * 3, CLICK_RADIUS_MM, 1, 0.5, KEEP_FRACTION)
@@ -115,10 +116,9 @@ def segmentation_recipe(model_dir: Path) -> Recipe:
         "name": spec.name,
         "version": spec.version,
         "weights_sha256": sha256_file(model_dir / "models" / "model.pt"),
-        "folder": str(model_dir),  # for this run only: not written into the model's metadata
         "network": "its weights; the first layer's new input channels start at 0",
     }
-    return Recipe(network, float(spec.spacing[0]), crop, crop, crop + crop // 2, 2, parent)
+    return Recipe(network, float(spec.spacing[0]), crop, crop, crop + crop // 2, 2, parent, model_dir)
 
 
 def transfer_weights(network: torch.nn.Module, model_dir: Path) -> int:
@@ -254,8 +254,8 @@ def train(
         if init is not None:
             network.load_state_dict(torch.load(init / "models" / "model.pt", map_location="cpu", weights_only=True))
             print(f"fine-tuning {init}", flush=True)
-        elif recipe.parent is not None:
-            copied = transfer_weights(network, Path(recipe.parent["folder"]))
+        elif recipe.parent_folder is not None:
+            copied = transfer_weights(network, recipe.parent_folder)
             print(f"starting from {recipe.parent['name']} {recipe.parent['version']} ({copied} tensors)", flush=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     checkpoint = work / "checkpoint.pt"
@@ -369,7 +369,7 @@ def model_spec(summary: dict, cases: int, patches: int, recipe: Recipe, add_pass
             "train_crop": recipe.train_crop,
             "patch": recipe.patch,
             "batch_size": recipe.batch,
-            **({"initialised_from": {k: v for k, v in recipe.parent.items() if k != "folder"}} if recipe.parent else {}),
+            **({"initialised_from": recipe.parent} if recipe.parent else {}),
             "learning_rate": summary["learning_rate"],
             "scenarios": dict(zip(corrections.SCENARIOS, corrections.SCENARIO_WEIGHTS)),
             "more_rounds": list(MORE_ROUNDS),
@@ -421,10 +421,9 @@ def write_model(
     parent = summary.get("parent")
     start = recipe.parent
     lineage = (
-        f" Started from the weights of the segmentation model {start['name']} {start['version']} (the bundled default"
-        " model, trained on the same Colin27-only randomised data with ROBEX held out), its first layer extended to the"
-        " mask and click channels with zero weights: the network starts as that segmenter and learns what the mask and"
-        " the clicks add."
+        f" Started from the weights of the segmentation model {start['name']} {start['version']} (weights sha256"
+        f" {start['weights_sha256'][:12]}), its first layer extended to the mask and click channels with zero weights:"
+        " the network starts as that segmenter and learns what the mask and the clicks add."
         if start
         else ""
     )

@@ -222,7 +222,7 @@ class WorkerServer:
         key = str(Path(model_dir).resolve()) if model_dir else str(default_refine_model_dir())
         if key not in self.refiners:
             device = "cuda" if self.segmenter.device.type == "cuda" else "cpu"
-            self.refiners[key] = Refiner(key, device, getattr(self.segmenter, "requested_precision", "auto"))
+            self.refiners[key] = Refiner(key, device, self.segmenter.requested_precision)
         return self.refiners[key]
 
     def _prepared_image(self, path: str) -> Any:
