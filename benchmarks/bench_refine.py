@@ -11,7 +11,9 @@ image grid (``data.synthetic.corrections``, as in training) and corrected by the
 with one click at the deepest point of the error, as a user clicks:
 
 - missed lesion: the lesion is deleted from the mask, one positive click. *Recovered* when the local Dice is >= 0.5;
-  local Dice = Dice of the corrected mask and the lesion within the lesion's box grown by 10 mm;
+  local Dice = Dice of the corrected mask and the lesion within the lesion's box grown by 10 mm. The same figures
+  are also given for the lesions of which the default segmentation model (run on each case with its own settings)
+  reports nothing: those are the ones a user clicks on, and the harder ones;
 - leak: the lesion dilated 2-12 mm into a half-space, one negative click in the leak: % of the leak removed, % of
   the lesion kept;
 - separate false lesion: a false blob, one negative click: % of it removed;
@@ -152,11 +154,13 @@ def run_click(refiner: Refiner, prepared: PreparedImage, case: Case, mask: np.nd
     return sitk.GetArrayFromImage(result.labelmap) > 0, result
 
 
-def evaluate(refiner: Refiner, cases: list[Case], rng: np.random.Generator, recorder: Recorder) -> dict:
+def evaluate(refiner: Refiner, cases: list[Case], rng: np.random.Generator, recorder: Recorder, segmenter=None) -> dict:
     rows: dict[str, list] = {"missed": [], "leak": [], "false": [], "noc": []}
     timings = []
     for case in cases:
         prepared = PreparedImage.of(case.image)
+        # What the default segmentation model reports by itself: the lesions it misses are the ones a user clicks on.
+        reported = None if segmenter is None else sitk.GetArrayFromImage(segmenter.segment(case.image).labelmap) > 0
         for lesion in case.lesions:
             others = case.truth & ~lesion
             box = local_box(case, lesion)
@@ -167,7 +171,10 @@ def evaluate(refiner: Refiner, cases: list[Case], rng: np.random.Generator, reco
             result, refined = run_click(refiner, prepared, case, mask, ADD, voxel, recorder)
             timings.append(refined.timings)
             score = local_dice(result, lesion, others, box)
-            rows["missed"].append({"seed": case.seed, "ml": volume_ml, "dice": score, "action": refined.outcomes[0].action})
+            row = {"seed": case.seed, "ml": volume_ml, "dice": score, "action": refined.outcomes[0].action}
+            if reported is not None:
+                row["found_by_segmentation"] = float(np.count_nonzero(reported & lesion) / np.count_nonzero(lesion))
+            rows["missed"].append(row)
             # NoC@85 from the missed lesion
             clicks, current, score = 1, result, score
             while score < 0.85 and clicks < MAX_CLICKS:
@@ -217,8 +224,14 @@ def summarise(rows: dict) -> dict:
     leak_removed = np.array([row["removed"] for row in rows["leak"]])
     lesion_kept = np.array([row["kept"] for row in rows["leak"]])
     false_removed = np.array([row["removed"] for row in rows["false"]])
+    unseen = np.array([row.get("found_by_segmentation", -1.0) == 0.0 for row in missed], dtype=bool)
     return {
         "lesions": len(missed),
+        # the lesions of which the default segmentation model reports nothing: what a user clicks on
+        "lesions_missed_by_segmentation": int(unseen.sum()),
+        "recovery_rate_missed_by_segmentation": float(recovered[unseen].mean()) if unseen.any() else None,
+        "share_local_dice_0.80_missed_by_segmentation": float((dice_values[unseen] >= 0.8).mean()) if unseen.any() else None,
+        "local_dice_mean_missed_by_segmentation": float(dice_values[unseen].mean()) if unseen.any() else None,
         "recovery_rate": float(recovered.mean()),
         "local_dice_mean_recovered": float(dice_values[recovered].mean()) if recovered.any() else 0.0,
         "local_dice_median_recovered": float(np.median(dice_values[recovered])) if recovered.any() else 0.0,
@@ -278,13 +291,14 @@ def latency(clicks: list, cases: dict[int, Case], refine_model: Path, segment_mo
     finally:
         client.close()
     warm_ms = np.array(warm) * 1000.0
+    timed = warm_ms.size > 0  # none when every timed click was the first on its image
     return {
         "clicks_timed": int(warm_ms.size),
-        "latency_median_ms": float(np.median(warm_ms)),
-        "latency_p95_ms": float(np.percentile(warm_ms, 95)),
+        "latency_median_ms": float(np.median(warm_ms)) if timed else None,
+        "latency_p95_ms": float(np.percentile(warm_ms, 95)) if timed else None,
         "first_click_on_an_image_median_ms": float(np.median(first) * 1000.0) if first else None,
         "resegment_median_s": float(np.median(segment)),
-        "speedup_vs_resegment": float(np.median(segment) / (np.median(warm_ms) / 1000.0)),
+        "speedup_vs_resegment": float(np.median(segment) / (np.median(warm_ms) / 1000.0)) if timed else None,
     }
 
 
@@ -296,7 +310,7 @@ def main() -> int:
     parser.add_argument("--min-ml", type=float, default=0.1)
     parser.add_argument("--model", type=Path, default=None, help="refinement model (default: the bundled one)")
     parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench-refine")
-    parser.add_argument("--latency-clicks", type=int, default=60)
+    parser.add_argument("--latency-clicks", type=int, default=60, help="clicks replayed through the worker (0: no latency run)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the in-process engine runs")
     parser.add_argument("--worker-threads", type=int, help="OMP_NUM_THREADS of the worker (default: torch's own, the cores)")
     args = parser.parse_args()
@@ -312,14 +326,19 @@ def main() -> int:
     first = FIRST_SEED if args.anatomy == "robex" else MNI_FIRST_SEED
     cases = [load_case(first + index, args.min_ml, args.per_case, args.anatomy, index, args.output) for index in range(args.cases)]
     recorder = Recorder()
-    evaluation = evaluate(refiner, [case for case in cases if case.lesions], rng, recorder)
+    from SegmentLesionLib.engine.inference import Segmenter
+
+    segmenter = Segmenter(default_model_dir(), "cpu")
+    evaluation = evaluate(refiner, [case for case in cases if case.lesions], rng, recorder, segmenter)
+    del segmenter
     summary = summarise(evaluation["rows"])
     engine = np.array([sum(t.values()) for t in evaluation["engine_timings"]]) * 1000.0
     summary["engine_median_ms"] = float(np.median(engine))
-    with tempfile.TemporaryDirectory(dir=args.output) as work:
-        step = max(1, len(recorder.clicks) // args.latency_clicks)
-        picked = recorder.clicks[::step][: args.latency_clicks]
-        summary.update(latency(picked, {case.seed: case for case in cases}, model, default_model_dir(), Path(work), args.worker_threads))
+    if args.latency_clicks > 0:
+        with tempfile.TemporaryDirectory(dir=args.output) as work:
+            step = max(1, len(recorder.clicks) // args.latency_clicks)
+            picked = recorder.clicks[::step][: args.latency_clicks]
+            summary.update(latency(picked, {case.seed: case for case in cases}, model, default_model_dir(), Path(work), args.worker_threads))
     summary["worker_threads"] = args.worker_threads or "default"
     summary["load_average_before"] = [round(v, 2) for v in load_before]
     summary["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
