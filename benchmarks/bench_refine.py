@@ -338,7 +338,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir=args.output) as work:
             step = max(1, len(recorder.clicks) // args.latency_clicks)
             picked = recorder.clicks[::step][: args.latency_clicks]
-            summary.update(latency(picked, {case.seed: case for case in cases}, model, default_model_dir(), Path(work), args.worker_threads))
+            summary.update(
+                latency(picked, {case.seed: case for case in cases}, model, default_model_dir(), Path(work), args.worker_threads)
+            )
     summary["worker_threads"] = args.worker_threads or "default"
     summary["load_average_before"] = [round(v, 2) for v in load_before]
     summary["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
