@@ -51,6 +51,7 @@ import SimpleITK as sitk  # noqa: E402
 from SegmentLesionLib.data import synthetic  # noqa: E402
 from SegmentLesionLib.data.synthetic import corrections  # noqa: E402
 from SegmentLesionLib.data.synthetic.anatomy import ROBEX_DIR_ENV  # noqa: E402
+from SegmentLesionLib.engine.inference import Segmenter  # noqa: E402
 from SegmentLesionLib.engine.refine import ADD, REMOVE, Click, PreparedImage, Refiner  # noqa: E402
 from SegmentLesionLib.engine.regions import bounding_box, label_components  # noqa: E402
 from SegmentLesionLib.io.files import write_json  # noqa: E402
@@ -154,13 +155,13 @@ def run_click(refiner: Refiner, prepared: PreparedImage, case: Case, mask: np.nd
     return sitk.GetArrayFromImage(result.labelmap) > 0, result
 
 
-def evaluate(refiner: Refiner, cases: list[Case], rng: np.random.Generator, recorder: Recorder, segmenter=None) -> dict:
+def evaluate(refiner: Refiner, cases: list[Case], rng: np.random.Generator, recorder: Recorder, segmenter: Segmenter) -> dict:
     rows: dict[str, list] = {"missed": [], "leak": [], "false": [], "noc": []}
     timings = []
     for case in cases:
         prepared = PreparedImage.of(case.image)
         # What the default segmentation model reports by itself: the lesions it misses are the ones a user clicks on.
-        reported = None if segmenter is None else sitk.GetArrayFromImage(segmenter.segment(case.image).labelmap) > 0
+        reported = sitk.GetArrayFromImage(segmenter.segment(case.image).labelmap) > 0
         for lesion in case.lesions:
             others = case.truth & ~lesion
             box = local_box(case, lesion)
@@ -171,10 +172,10 @@ def evaluate(refiner: Refiner, cases: list[Case], rng: np.random.Generator, reco
             result, refined = run_click(refiner, prepared, case, mask, ADD, voxel, recorder)
             timings.append(refined.timings)
             score = local_dice(result, lesion, others, box)
-            row = {"seed": case.seed, "ml": volume_ml, "dice": score, "action": refined.outcomes[0].action}
-            if reported is not None:
-                row["found_by_segmentation"] = float(np.count_nonzero(reported & lesion) / np.count_nonzero(lesion))
-            rows["missed"].append(row)
+            found = float(np.count_nonzero(reported & lesion) / np.count_nonzero(lesion))
+            rows["missed"].append(
+                {"seed": case.seed, "ml": volume_ml, "dice": score, "action": refined.outcomes[0].action, "found_by_segmentation": found}
+            )
             # NoC@85 from the missed lesion
             clicks, current, score = 1, result, score
             while score < 0.85 and clicks < MAX_CLICKS:
@@ -224,7 +225,7 @@ def summarise(rows: dict) -> dict:
     leak_removed = np.array([row["removed"] for row in rows["leak"]])
     lesion_kept = np.array([row["kept"] for row in rows["leak"]])
     false_removed = np.array([row["removed"] for row in rows["false"]])
-    unseen = np.array([row.get("found_by_segmentation", -1.0) == 0.0 for row in missed], dtype=bool)
+    unseen = np.array([row["found_by_segmentation"] == 0.0 for row in missed], dtype=bool)
     return {
         "lesions": len(missed),
         # the lesions of which the default segmentation model reports nothing: what a user clicks on
@@ -326,8 +327,6 @@ def main() -> int:
     first = FIRST_SEED if args.anatomy == "robex" else MNI_FIRST_SEED
     cases = [load_case(first + index, args.min_ml, args.per_case, args.anatomy, index, args.output) for index in range(args.cases)]
     recorder = Recorder()
-    from SegmentLesionLib.engine.inference import Segmenter
-
     segmenter = Segmenter(default_model_dir(), "cpu")
     evaluation = evaluate(refiner, [case for case in cases if case.lesions], rng, recorder, segmenter)
     del segmenter
