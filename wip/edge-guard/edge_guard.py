@@ -91,20 +91,6 @@ def decisive_voxels(foreground: np.ndarray, threshold: float, min_confidence: fl
     return mask
 
 
-def window_slices(image_size: tuple[int, ...], roi_size: tuple[int, ...], overlap: float) -> list[tuple[slice, ...]]:
-    """The windows of MONAI's sliding window over ``image_size`` (padded to ``roi_size`` where smaller), in its order
-    (``dense_patch_slices`` with its scan interval)."""
-    from monai.data.utils import dense_patch_slices
-
-    roi = [min(r, s) if r > 0 else s for r, s in zip(roi_size, image_size)]
-    padded = [max(s, r) for s, r in zip(image_size, roi)]
-    interval = []
-    for r, s in zip(roi, padded):
-        step = r if r == s else int(r * (1 - overlap))
-        interval.append(step if step > 0 else 1)
-    return [tuple(window) for window in dense_patch_slices(padded, roi, interval)]
-
-
 def correct_logits(
     network: torch.nn.Module,
     inputs: torch.Tensor,
@@ -126,6 +112,8 @@ def correct_logits(
     reduced-precision output is the one the blend holds. Returns ``batches``, ``recomputed`` and the ``seconds``
     spent in the network."""
     from monai.data.utils import compute_importance_map
+
+    from .inference import window_slices  # here: inference imports this module
 
     min_weight = MIN_WEIGHT if min_weight is None else min_weight
     spatial = tuple(int(n) for n in inputs.shape[2:])

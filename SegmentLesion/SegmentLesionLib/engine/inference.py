@@ -173,8 +173,9 @@ class _ProgressNetwork(torch.nn.Module):
         return output
 
 
-def count_window_batches(image_size: tuple[int, ...], roi_size: tuple[int, ...], overlap: float, sw_batch_size: int) -> int:
-    """How many network calls MONAI's sliding window makes for one image (mirrors its scan logic)."""
+def window_slices(image_size: tuple[int, ...], roi_size: tuple[int, ...], overlap: float) -> list[tuple[slice, ...]]:
+    """The windows of MONAI's sliding window over ``image_size`` (padded to ``roi_size`` where smaller), in its
+    order (mirrors its scan logic: ``dense_patch_slices`` with its scan interval)."""
     from monai.data.utils import dense_patch_slices
 
     roi = [min(r, s) if r > 0 else s for r, s in zip(roi_size, image_size)]
@@ -183,8 +184,12 @@ def count_window_batches(image_size: tuple[int, ...], roi_size: tuple[int, ...],
     for r, s in zip(roi, padded):
         step = r if r == s else int(r * (1 - overlap))
         interval.append(step if step > 0 else 1)
-    windows = len(dense_patch_slices(padded, roi, interval))
-    return math.ceil(windows / sw_batch_size)
+    return [tuple(window) for window in dense_patch_slices(padded, roi, interval)]
+
+
+def count_window_batches(image_size: tuple[int, ...], roi_size: tuple[int, ...], overlap: float, sw_batch_size: int) -> int:
+    """How many network calls MONAI's sliding window makes for one image."""
+    return math.ceil(len(window_slices(image_size, roi_size, overlap)) / sw_batch_size)
 
 
 class Segmenter:
